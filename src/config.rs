@@ -1,0 +1,643 @@
+//! Configuration: one YAML file → a validated, immutable [`Config`].
+//!
+//! Loading is `text → YAML value → ${ENV} interpolation → raw serde types (unknown keys rejected)
+//! → validate()`. Every problem is reported as `file: key.path: problem — fix`, all of them at once.
+
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+pub use raw::ProviderKind;
+use raw::{RawConfig, RawModel, RawProvider, SizeValue};
+
+pub const DEMO_CONFIG: &str = include_str!("config/demo.yaml");
+const PRESETS: &str = include_str!("config/presets.yaml");
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+const DEFAULT_MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// A string that never prints itself: provider and client keys.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The validated configuration. Immutable once built; a reload builds a new one.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it came from, for messages: a file path or `<built-in demo>`.
+    pub source: String,
+    pub server: ServerConfig,
+    /// Client key → key name. Empty means no authentication (only allowed on loopback).
+    pub client_keys: HashMap<String, Arc<str>>,
+    pub providers: BTreeMap<String, Arc<ProviderConfig>>,
+    pub models: BTreeMap<String, Arc<ModelConfig>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub max_body_size: usize,
+    pub shutdown_grace: Duration,
+    pub log_prompts: bool,
+}
+
+#[derive(Debug)]
+pub struct ProviderConfig {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub api_key: Option<Secret>,
+    /// Resolved base URL without a trailing slash (from the file, the preset or the kind's default).
+    pub base_url: String,
+    pub api_version: Option<String>,
+    pub headers: Vec<(String, Secret)>,
+    pub region: Option<String>,
+    /// Whether the upstream honours `stream_options.include_usage`.
+    pub stream_usage: bool,
+}
+
+#[derive(Debug)]
+pub struct ModelConfig {
+    pub name: String,
+    pub description: Option<String>,
+    pub deployments: Vec<DeploymentConfig>,
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug)]
+pub struct DeploymentConfig {
+    pub provider: String,
+    pub model: String,
+    pub azure_deployment: Option<String>,
+    pub weight: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub first_byte: Duration,
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            first_byte: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// All the problems found in one file.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub file: String,
+    pub path: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            if p.path.is_empty() {
+                write!(f, "{}: {} — {}", p.file, p.problem, p.fix)?;
+            } else {
+                write!(f, "{}: {}: {} — {}", p.file, p.path, p.problem, p.fix)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+struct Problems {
+    file: String,
+    list: Vec<Problem>,
+}
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
+        self.list.push(Problem {
+            file: self.file.clone(),
+            path: path.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        });
+    }
+
+    fn into_result<T>(self, value: T) -> Result<T, ConfigError> {
+        if self.list.is_empty() { Ok(value) } else { Err(ConfigError { problems: self.list }) }
+    }
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            problems: vec![Problem {
+                file: file.clone(),
+                path: String::new(),
+                problem: format!("cannot read the file: {e}"),
+                fix: "check the path and its permissions".into(),
+            }],
+        })?;
+        Self::parse(&file, &text, &|name| std::env::var(name).ok())
+    }
+
+    /// The built-in offline demo config.
+    pub fn demo() -> Result<Self, ConfigError> {
+        Self::parse("<built-in demo>", DEMO_CONFIG, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates config text; `env` resolves `${VAR}` references.
+    pub fn parse(file: &str, text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut problems = Problems { file: file.to_string(), list: Vec::new() };
+        let mut value: Value = match serde_saphyr::from_str(text) {
+            Ok(Value::Null) => Value::Object(Default::default()),
+            Ok(value) => value,
+            Err(e) => {
+                problems.push("", format!("not valid YAML: {e}"), "fix the YAML syntax at the position shown");
+                return Err(ConfigError { problems: problems.list });
+            }
+        };
+        interpolate(&mut value, &mut String::new(), env, &mut problems);
+        if !problems.list.is_empty() {
+            return Err(ConfigError { problems: problems.list });
+        }
+        let raw: RawConfig = match serde_path_to_error::deserialize(value) {
+            Ok(raw) => raw,
+            Err(e) => {
+                let path = e.path().to_string();
+                let inner = e.into_inner().to_string();
+                let fix = if inner.starts_with("unknown field") {
+                    "remove the key or correct its spelling"
+                } else if inner.starts_with("unknown variant") {
+                    "use one of the listed values"
+                } else if inner.starts_with("missing field") {
+                    "add the key"
+                } else {
+                    "correct the value's type"
+                };
+                let path = if path == "." { String::new() } else { path };
+                problems.push(path, inner, fix);
+                return Err(ConfigError { problems: problems.list });
+            }
+        };
+        validate(file, raw, env, problems)
+    }
+}
+
+/// Replaces `${VAR}` and `${VAR:-default}` in every string value; `$$` is a literal `$`.
+fn interpolate(value: &mut Value, path: &mut String, env: &dyn Fn(&str) -> Option<String>, problems: &mut Problems) {
+    match value {
+        Value::String(s) if s.contains('$') => match expand(s, env) {
+            Ok(expanded) => *s = expanded,
+            Err((var, problem)) => problems.push(
+                path.clone(),
+                problem,
+                format!("export {var} or write ${{{var}:-default}}"),
+            ),
+        },
+        Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                interpolate(item, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(key);
+                interpolate(item, path, env, problems);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand(input: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, (String, String)> {
+    let mut out = String::with_capacity(input.len());
+    let mut rest = input;
+    while let Some(pos) = rest.find('$') {
+        out.push_str(&rest[..pos]);
+        let after = &rest[pos + 1..];
+        if let Some(stripped) = after.strip_prefix('$') {
+            out.push('$');
+            rest = stripped;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let Some(end) = body.find('}') else {
+                return Err(("VAR".into(), format!("unclosed `${{` in {input:?}")));
+            };
+            let expr = &body[..end];
+            let (name, default) = match expr.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (expr, None),
+            };
+            let valid = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(("VAR".into(), format!("`${{{expr}}}` is not a valid variable reference")));
+            }
+            match (env(name).filter(|v| !v.is_empty()), default) {
+                (Some(v), _) => out.push_str(&v),
+                (None, Some(d)) => out.push_str(d),
+                (None, None) => {
+                    return Err((name.to_string(), format!("environment variable {name} is not set")));
+                }
+            }
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Preset {
+    base_url: String,
+    api_key_env: Option<String>,
+    stream_usage: bool,
+}
+
+fn presets() -> BTreeMap<String, Preset> {
+    // The preset table is compiled in and covered by tests; a parse failure would be a build bug.
+    serde_saphyr::from_str(PRESETS).unwrap_or_default()
+}
+
+pub fn preset_names() -> Vec<String> {
+    presets().into_keys().collect()
+}
+
+fn validate(
+    file: &str,
+    raw: RawConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+    mut problems: Problems,
+) -> Result<Config, ConfigError> {
+    let listen_text = raw.server.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
+    let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+        problems.push(
+            "server.listen",
+            format!("{listen_text:?} is not an address"),
+            "write host:port, e.g. 127.0.0.1:8080 or 0.0.0.0:8080",
+        );
+        SocketAddr::from(([127, 0, 0, 1], 8080))
+    });
+    let max_body_size = match &raw.server.max_body_size {
+        None => DEFAULT_MAX_BODY,
+        Some(SizeValue::Bytes(n)) => *n as usize,
+        Some(SizeValue::Text(text)) => parse_size(text).unwrap_or_else(|| {
+            problems.push("server.max_body_size", format!("{text:?} is not a size"), "write e.g. 10MiB, 512KB or a byte count");
+            DEFAULT_MAX_BODY
+        }),
+    };
+    let shutdown_grace = duration_field(&mut problems, "server.shutdown_grace", raw.server.shutdown_grace.as_deref())
+        .unwrap_or(Duration::from_secs(30));
+
+    let mut client_keys = HashMap::new();
+    for (i, key) in raw.auth.keys.iter().enumerate() {
+        if key.key.len() < 8 {
+            problems.push(format!("auth.keys[{i}].key"), "client key is shorter than 8 characters", "use a long random key");
+        }
+        if client_keys.insert(key.key.clone(), Arc::<str>::from(key.name.as_str())).is_some() {
+            problems.push(format!("auth.keys[{i}].key"), "the same key is listed twice", "give each client its own key");
+        }
+    }
+
+    let presets = presets();
+    let mut providers = BTreeMap::new();
+    for (name, provider) in raw.providers {
+        if let Some(p) = provider_config(&name, provider, &presets, env, &mut problems) {
+            providers.insert(name, Arc::new(p));
+        }
+    }
+
+    let mut models = BTreeMap::new();
+    for (name, model) in raw.models {
+        if let Some(m) = model_config(&name, model, &providers, &mut problems) {
+            models.insert(name, Arc::new(m));
+        }
+    }
+
+    problems.into_result(Config {
+        source: file.to_string(),
+        server: ServerConfig { listen, max_body_size, shutdown_grace, log_prompts: raw.server.log_prompts },
+        client_keys,
+        providers,
+        models,
+    })
+}
+
+fn provider_config(
+    name: &str,
+    raw: RawProvider,
+    presets: &BTreeMap<String, Preset>,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<ProviderConfig> {
+    let at = |key: &str| format!("providers.{name}.{key}");
+    let preset = match &raw.preset {
+        Some(p) if raw.kind != ProviderKind::OpenaiCompatible => {
+            problems.push(at("preset"), format!("presets apply only to kind openai_compatible, not {:?}", raw.kind), "remove `preset` or change `kind`");
+            let _ = p;
+            None
+        }
+        Some(p) => match presets.get(p) {
+            Some(preset) => Some(preset),
+            None => {
+                let known = presets.keys().cloned().collect::<Vec<_>>().join(", ");
+                problems.push(at("preset"), format!("unknown preset {p:?}"), format!("use one of: {known}"));
+                return None;
+            }
+        },
+        None => None,
+    };
+    let base_url = match (raw.kind, raw.base_url.as_deref(), preset) {
+        (_, Some(url), _) => url.trim_end_matches('/').to_string(),
+        (ProviderKind::Openai, None, _) => "https://api.openai.com/v1".to_string(),
+        (ProviderKind::OpenaiCompatible, None, Some(preset)) => preset.base_url.clone(),
+        (ProviderKind::Mock, None, _) => String::new(),
+        (ProviderKind::AzureOpenai, None, _) => {
+            problems.push(at("base_url"), "Azure OpenAI needs the resource endpoint", "set base_url: https://<resource>.openai.azure.com");
+            return None;
+        }
+        (ProviderKind::OpenaiCompatible, None, None) => {
+            problems.push(at("base_url"), "an openai_compatible provider needs a base_url or a preset", "set base_url (e.g. http://127.0.0.1:11434/v1) or preset: ollama");
+            return None;
+        }
+    };
+    if raw.kind != ProviderKind::Mock && !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        problems.push(at("base_url"), format!("{base_url:?} is not an http(s) URL"), "write the full URL, e.g. https://api.openai.com/v1");
+    }
+    let api_key = raw
+        .api_key
+        .filter(|k| !k.is_empty())
+        .or_else(|| preset.and_then(|p| p.api_key_env.as_deref()).and_then(env))
+        .map(Secret::new);
+    if api_key.is_none() && matches!(raw.kind, ProviderKind::Openai | ProviderKind::AzureOpenai) {
+        problems.push(at("api_key"), "this provider needs an API key", "set api_key: \"${OPENAI_API_KEY}\" (or the variable your key is in)");
+    }
+    let api_version = match raw.kind {
+        ProviderKind::AzureOpenai => Some(raw.api_version.unwrap_or_else(|| "2024-10-21".to_string())),
+        _ => {
+            if raw.api_version.is_some() {
+                problems.push(at("api_version"), "api_version applies only to azure_openai", "remove it");
+            }
+            None
+        }
+    };
+    let mut headers = Vec::new();
+    for (header, value) in raw.headers {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() || http::HeaderValue::from_str(&value).is_err() {
+            problems.push(at(&format!("headers.{header}")), "not a valid HTTP header", "use a token name and a printable ASCII value");
+        } else {
+            headers.push((header.to_ascii_lowercase(), Secret::new(value)));
+        }
+    }
+    Some(ProviderConfig {
+        name: name.to_string(),
+        kind: raw.kind,
+        api_key,
+        base_url,
+        api_version,
+        headers,
+        region: raw.region,
+        stream_usage: preset.map(|p| p.stream_usage).unwrap_or(true),
+    })
+}
+
+fn model_config(
+    name: &str,
+    raw: RawModel,
+    providers: &BTreeMap<String, Arc<ProviderConfig>>,
+    problems: &mut Problems,
+) -> Option<ModelConfig> {
+    let at = |key: &str| format!("models.{name}.{key}");
+    if raw.deployments.is_empty() {
+        problems.push(at("deployments"), "a model needs at least one deployment", "add - { provider: <name>, model: <upstream model> }");
+    }
+    let mut deployments = Vec::new();
+    for (i, d) in raw.deployments.into_iter().enumerate() {
+        match providers.get(&d.provider) {
+            Some(p) => {
+                if d.deployment.is_some() && p.kind != ProviderKind::AzureOpenai {
+                    problems.push(at(&format!("deployments[{i}].deployment")), "`deployment` applies only to azure_openai providers", "remove it");
+                }
+            }
+            None => {
+                let known = providers.keys().cloned().collect::<Vec<_>>().join(", ");
+                problems.push(
+                    at(&format!("deployments[{i}].provider")),
+                    format!("unknown provider {:?}", d.provider),
+                    if known.is_empty() { "define it under `providers:`".to_string() } else { format!("use one of: {known}") },
+                );
+            }
+        }
+        if d.weight == Some(0) {
+            problems.push(at(&format!("deployments[{i}].weight")), "weight 0 would never be chosen", "remove the deployment or give it a positive weight");
+        }
+        deployments.push(crate::config::DeploymentConfig {
+            provider: d.provider,
+            model: d.model,
+            azure_deployment: d.deployment,
+            weight: d.weight.unwrap_or(1),
+        });
+    }
+    let mut timeouts = Timeouts::default();
+    let block = raw.timeouts.unwrap_or_default();
+    if let Some(d) = duration_field(problems, &at("timeouts.connect"), block.connect.as_deref()) {
+        timeouts.connect = d;
+    }
+    if let Some(d) = duration_field(problems, &at("timeouts.first_byte"), block.first_byte.as_deref()) {
+        timeouts.first_byte = d;
+    }
+    let total = match (raw.timeout.as_deref(), block.total.as_deref()) {
+        (Some(_), Some(_)) => {
+            problems.push(at("timeout"), "both `timeout` and `timeouts.total` are set", "keep one of them");
+            None
+        }
+        (Some(t), None) => duration_field(problems, &at("timeout"), Some(t)),
+        (None, t) => duration_field(problems, &at("timeouts.total"), t),
+    };
+    if let Some(d) = total {
+        timeouts.total = d;
+        if timeouts.first_byte > d {
+            timeouts.first_byte = d;
+        }
+    }
+    Some(ModelConfig { name: name.to_string(), description: raw.description, deployments, timeouts })
+}
+
+fn duration_field(problems: &mut Problems, path: &str, text: Option<&str>) -> Option<Duration> {
+    let text = text?;
+    match parse_duration(text) {
+        Some(d) if !d.is_zero() => Some(d),
+        _ => {
+            problems.push(path, format!("{text:?} is not a positive duration"), "write e.g. 500ms, 20s, 5m or 1h");
+            None
+        }
+    }
+}
+
+/// `500ms`, `20s`, `1.5s`, `5m`, `1h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
+/// `10MiB`, `512KB`, `1GiB`, `2048`.
+pub fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let factor = match unit.trim() {
+        "" | "B" => 1,
+        "KB" | "kB" => 1000,
+        "KiB" => 1024,
+        "MB" => 1000 * 1000,
+        "MiB" => 1024 * 1024,
+        "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    number.checked_mul(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse("test.yaml", text, &|name| match name {
+            "OPENAI_API_KEY" => Some("sk-test".into()),
+            _ => None,
+        })
+    }
+
+    #[test]
+    fn demo_config_and_presets_are_valid() {
+        let config = Config::demo().unwrap();
+        assert!(config.models.contains_key("demo-fast"));
+        assert!(preset_names().contains(&"ollama".to_string()));
+        assert_eq!(preset_names().len(), 9);
+    }
+
+    #[test]
+    fn interpolates_env_and_defaults() {
+        let config = parse(
+            "providers:\n  openai: { kind: openai, api_key: \"${OPENAI_API_KEY}\", base_url: \"${BASE:-http://127.0.0.1:9/v1}\" }\n",
+        )
+        .unwrap();
+        let p = &config.providers["openai"];
+        assert_eq!(p.api_key.as_ref().unwrap().expose(), "sk-test");
+        assert_eq!(p.base_url, "http://127.0.0.1:9/v1");
+        assert_eq!(format!("{:?}", p.api_key), "Some(Secret(***))");
+    }
+
+    #[test]
+    fn missing_env_names_file_key_and_fix() {
+        let err = parse("providers:\n  openai: { kind: openai, api_key: \"${NOPE_KEY}\" }\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "test.yaml: providers.openai.api_key: environment variable NOPE_KEY is not set — export NOPE_KEY or write ${NOPE_KEY:-default}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_with_its_path() {
+        let err = parse("models:\n  fast:\n    deployments: [ { provider: x, modle: y } ]\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.starts_with("test.yaml: models.fast.deployments[0]"), "{text}");
+        assert!(text.contains("unknown field `modle`"), "{text}");
+        assert!(text.contains("remove the key or correct its spelling"), "{text}");
+    }
+
+    #[test]
+    fn reports_every_semantic_problem() {
+        let err = parse(
+            "server: { listen: nowhere, max_body_size: 10 parsecs }\nproviders:\n  local: { kind: openai_compatible }\nmodels:\n  fast: { deployments: [ { provider: ghost, model: m } ], timeout: soon }\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "test.yaml: server.listen:",
+            "test.yaml: server.max_body_size:",
+            "test.yaml: providers.local.base_url: an openai_compatible provider needs a base_url or a preset",
+            "test.yaml: models.fast.deployments[0].provider: unknown provider \"ghost\"",
+            "test.yaml: models.fast.timeout: \"soon\" is not a positive duration",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        }
+    }
+
+    #[test]
+    fn preset_fills_base_url() {
+        let config = parse("providers:\n  local: { kind: openai_compatible, preset: ollama }\n").unwrap();
+        assert_eq!(config.providers["local"].base_url, "http://127.0.0.1:11434/v1");
+        let err = parse("providers:\n  local: { kind: openai_compatible, preset: olama }\n").unwrap_err();
+        assert!(err.to_string().contains("unknown preset \"olama\""));
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("400ms"), Some(Duration::from_millis(400)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("20"), None);
+        assert_eq!(parse_size("10MiB"), Some(10 * 1024 * 1024));
+        assert_eq!(parse_size("2048"), Some(2048));
+        assert_eq!(parse_size("3 parsecs"), None);
+    }
+}

@@ -1,0 +1,108 @@
+//! The YAML file as written: serde types with `deny_unknown_fields`. Validation into
+//! [`super::Config`] happens in `super::validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub auth: RawAuth,
+    #[serde(default)]
+    pub providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    pub models: BTreeMap<String, RawModel>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address to listen on. Default `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Largest accepted request body, e.g. `10MiB` (the default) or a byte count.
+    pub max_body_size: Option<SizeValue>,
+    /// How long a shutdown waits for in-flight requests and streams. Default `30s`.
+    pub shutdown_grace: Option<String>,
+    /// Include prompt text in the request log. Default false.
+    #[serde(default)]
+    pub log_prompts: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum SizeValue {
+    Bytes(u64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub keys: Vec<RawClientKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    Openai,
+    AzureOpenai,
+    OpenaiCompatible,
+    Mock,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProvider {
+    pub kind: ProviderKind,
+    pub api_key: Option<String>,
+    pub base_url: Option<String>,
+    /// OpenAI-compatible vendor preset (`ollama`, `vllm`, `groq`, …); see `presets.yaml`.
+    pub preset: Option<String>,
+    /// Azure OpenAI `api-version` query parameter.
+    pub api_version: Option<String>,
+    /// Extra headers sent with every upstream request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Data residency label, e.g. `us`, `eu`, `on_prem`.
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModel {
+    pub deployments: Vec<RawDeployment>,
+    pub description: Option<String>,
+    /// Shorthand for `timeouts.total`.
+    pub timeout: Option<String>,
+    pub timeouts: Option<RawTimeouts>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeployment {
+    pub provider: String,
+    pub model: String,
+    /// Azure deployment name; defaults to `model`.
+    pub deployment: Option<String>,
+    pub weight: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    pub connect: Option<String>,
+    pub first_byte: Option<String>,
+    pub total: Option<String>,
+}

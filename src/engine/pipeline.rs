@@ -1,0 +1,317 @@
+//! The one place that knows the order of a request's steps:
+//!
+//! ```text
+//! auth → parse → resolve model → plan → call → account
+//! ```
+//!
+//! Later steps (guardrails, limits, semantic routing, cache, fallbacks) are inserted here and only
+//! here. Each step is a small function over the per-request [`RequestRecord`]; the HTTP edge
+//! (`server`) turns the [`Output`] or [`GatewayError`] into a response.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http::HeaderMap;
+use serde::de::DeserializeOwned;
+use tokio::time::{Instant, timeout_at};
+
+use super::{Model, Snapshot};
+use crate::error::GatewayError;
+use crate::providers::{CallLimits, ChatReply, ChunkStream, StreamChunk, Target};
+use crate::telemetry::{self, RequestRecord};
+use crate::types::{ChatRequest, EmbeddingsRequest};
+
+pub enum Output {
+    Json(Bytes),
+    Stream(SseBody),
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat_completions(
+    snapshot: &Snapshot,
+    record: &mut RequestRecord,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Output, GatewayError> {
+    authenticate(snapshot, headers, record)?;
+    let mut req: ChatRequest = parse_json(body)?;
+    validate_chat(&req)?;
+    record.stream = req.is_stream();
+    if snapshot.config.server.log_prompts {
+        record.prompt_excerpt = req
+            .messages
+            .last()
+            .and_then(|m| m.content.as_ref())
+            .map(|c| c.text().chars().take(200).collect());
+    }
+    let model = resolve_model(snapshot, &req.model, record)?;
+    let target = plan(&model, record)?;
+    let limits = CallLimits::starting_now(model.config.timeouts);
+    let client_wants_usage = req.wants_stream_usage();
+
+    let upstream_started = Instant::now();
+    let reply = target.chat(&mut req, limits).await;
+    let reply = reply.inspect_err(|e| count_upstream_error(&model, target, e))?;
+    match reply {
+        ChatReply::Complete(completion) => {
+            record.upstream_time = upstream_started.elapsed();
+            record.usage = completion.usage;
+            Ok(Output::Json(completion.body))
+        }
+        ChatReply::Stream(mut stream) => {
+            // Commit only once the first chunk is here, so a failure before it is a plain HTTP error.
+            let first = match timeout_at(limits.first_byte_deadline, stream.next()).await {
+                Err(_) => Err(GatewayError::UpstreamTimeout {
+                    provider: target.provider_name().to_string(),
+                    phase: "first_byte",
+                    limit: limits.timeouts.first_byte,
+                }),
+                Ok(Some(Err(e))) => Err(e),
+                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
+                Ok(None) => Ok(None),
+            };
+            let first = first.inspect_err(|e| count_upstream_error(&model, target, e))?;
+            record.upstream_time = upstream_started.elapsed();
+            Ok(Output::Stream(SseBody::new(first, stream, client_wants_usage)))
+        }
+    }
+}
+
+/// `POST /v1/embeddings`.
+pub async fn embeddings(
+    snapshot: &Snapshot,
+    record: &mut RequestRecord,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Output, GatewayError> {
+    authenticate(snapshot, headers, record)?;
+    let mut req: EmbeddingsRequest = parse_json(body)?;
+    if req.input.is_null() {
+        return Err(GatewayError::InvalidRequest { message: "`input` is required".into(), param: Some("input".into()) });
+    }
+    let model = resolve_model(snapshot, &req.model, record)?;
+    let target = plan(&model, record)?;
+    let limits = CallLimits::starting_now(model.config.timeouts);
+    let upstream_started = Instant::now();
+    let completion = target
+        .embeddings(&mut req, limits)
+        .await
+        .inspect_err(|e| count_upstream_error(&model, target, e))?;
+    record.upstream_time = upstream_started.elapsed();
+    record.usage = completion.usage;
+    Ok(Output::Json(completion.body))
+}
+
+/// `GET /v1/models` and `/v1/models/{id}`.
+pub fn models(snapshot: &Snapshot, record: &mut RequestRecord, headers: &HeaderMap, id: Option<&str>) -> Result<Output, GatewayError> {
+    authenticate(snapshot, headers, record)?;
+    match id {
+        None => Ok(Output::Json(snapshot.model_list.clone())),
+        Some(id) => snapshot
+            .model_entry(id)
+            .map(|entry| Output::Json(entry.clone()))
+            .ok_or_else(|| GatewayError::ModelNotFound { model: id.to_string() }),
+    }
+}
+
+/// Auth step: a static client key from `Authorization: Bearer` (or `x-api-key`). With no keys
+/// configured the gateway is open, which `serve` allows only on loopback.
+fn authenticate(snapshot: &Snapshot, headers: &HeaderMap, record: &mut RequestRecord) -> Result<(), GatewayError> {
+    let keys = &snapshot.config.client_keys;
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .map(str::trim);
+    let Some(presented) = presented else {
+        return Err(GatewayError::Unauthorized {
+            message: "missing API key: send `Authorization: Bearer <key>` with a key issued by the gateway operator",
+        });
+    };
+    match keys.get(presented) {
+        Some(name) => {
+            record.client = Some(name.clone());
+            Ok(())
+        }
+        None => Err(GatewayError::Unauthorized { message: "invalid API key: the gateway does not know this key" }),
+    }
+}
+
+/// Parses a JSON body; on failure, says where it broke (line/column or the field path).
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
+    match serde_json::from_slice(body) {
+        Ok(value) => Ok(value),
+        Err(e) if e.is_data() => {
+            // Parse again only on failure, to learn which field was wrong.
+            let mut de = serde_json::Deserializer::from_slice(body);
+            let path = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+                Err(err) => err.path().to_string(),
+                Ok(_) => String::new(),
+            };
+            let param = (!path.is_empty() && path != ".").then_some(path);
+            let message = match &param {
+                Some(p) => format!("invalid request body at `{p}`: {e}"),
+                None => format!("invalid request body: {e}"),
+            };
+            Err(GatewayError::InvalidRequest { message, param })
+        }
+        Err(e) => Err(GatewayError::MalformedJson { detail: e.to_string() }),
+    }
+}
+
+fn validate_chat(req: &ChatRequest) -> Result<(), GatewayError> {
+    if req.messages.is_empty() {
+        return Err(GatewayError::InvalidRequest {
+            message: "`messages` must contain at least one message".into(),
+            param: Some("messages".into()),
+        });
+    }
+    if req.n.is_some_and(|n| n == 0) {
+        return Err(GatewayError::InvalidRequest { message: "`n` must be at least 1".into(), param: Some("n".into()) });
+    }
+    Ok(())
+}
+
+/// Route step (for now: the configured model by name).
+fn resolve_model(snapshot: &Snapshot, name: &str, record: &mut RequestRecord) -> Result<Arc<Model>, GatewayError> {
+    let model = snapshot
+        .models
+        .get(name)
+        .cloned()
+        .ok_or_else(|| GatewayError::ModelNotFound { model: name.to_string() })?;
+    record.model = Some(model.name.clone());
+    Ok(model)
+}
+
+/// Plan step (for now: the first deployment; load balancing and fallbacks replace this).
+fn plan<'m>(model: &'m Model, record: &mut RequestRecord) -> Result<&'m Target, GatewayError> {
+    let target = model
+        .targets
+        .first()
+        .ok_or_else(|| GatewayError::internal(format!("model {} has no deployments", model.name)))?;
+    record.provider = Some(Arc::from(target.provider_name()));
+    record.upstream_model = Some(target.upstream_model.clone());
+    Ok(target)
+}
+
+fn count_upstream_error(model: &Model, target: &Target, error: &GatewayError) {
+    if error.source() == crate::error::ErrorSource::Provider || matches!(error, GatewayError::UpstreamRejected { .. }) {
+        let status = match error {
+            GatewayError::UpstreamServerError { status, .. } | GatewayError::UpstreamRejected { status, .. } => *status,
+            other => other.status().as_u16(),
+        };
+        telemetry::upstream_error(&model.name, target.provider_name(), status, error.kind());
+    }
+}
+
+const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+
+enum Phase {
+    Streaming,
+    SendDone,
+    Finished,
+}
+
+/// The client-facing SSE body: OpenAI chunks as `data:` events, then exactly one `data: [DONE]`.
+/// An upstream failure after the first chunk becomes one OpenAI error event before `[DONE]`, so
+/// the client never sees truncated JSON. When the body is dropped (stream end or client gone),
+/// the request is accounted; dropping it also drops, and so cancels, the upstream request.
+pub struct SseBody {
+    first: Option<StreamChunk>,
+    upstream: ChunkStream,
+    client_wants_usage: bool,
+    phase: Phase,
+    record: Option<(RequestRecord, std::time::Duration)>,
+    error: Option<GatewayError>,
+}
+
+impl SseBody {
+    fn new(first: Option<StreamChunk>, upstream: ChunkStream, client_wants_usage: bool) -> Self {
+        Self { first, upstream, client_wants_usage, phase: Phase::Streaming, record: None, error: None }
+    }
+
+    /// Hands the request record to the body, which emits it when the stream ends.
+    pub fn attach_record(&mut self, record: RequestRecord, overhead: std::time::Duration) {
+        self.record = Some((record, overhead));
+    }
+
+    fn frame(data: &[u8]) -> Bytes {
+        let mut out = Vec::with_capacity(data.len() + 8);
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(data);
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+}
+
+impl Stream for SseBody {
+    type Item = Result<Bytes, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match self.phase {
+                Phase::Finished => return Poll::Ready(None),
+                Phase::SendDone => {
+                    self.phase = Phase::Finished;
+                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_EVENT))));
+                }
+                Phase::Streaming => {}
+            }
+            let item = match self.first.take() {
+                Some(chunk) => Some(Ok(chunk)),
+                None => match self.upstream.poll_next_unpin(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(item) => item,
+                },
+            };
+            match item {
+                None => self.phase = Phase::SendDone,
+                Some(Ok(chunk)) => {
+                    if let (Some(usage), Some((record, _))) = (chunk.usage, self.record.as_mut()) {
+                        record.usage = Some(usage);
+                    }
+                    if chunk.usage_only && !self.client_wants_usage {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Self::frame(&chunk.data))));
+                }
+                Some(Err(error)) => {
+                    let event = error.to_sse_event();
+                    self.error = Some(error);
+                    self.phase = Phase::SendDone;
+                    return Poll::Ready(Some(Ok(event)));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for SseBody {
+    fn drop(&mut self) {
+        let Some((mut record, overhead)) = self.record.take() else { return };
+        let outcome = match (&self.phase, &self.error) {
+            (Phase::Finished, None) => "ok",
+            (Phase::Finished, Some(_)) => "error",
+            _ => "client_closed",
+        };
+        if let Some(error) = &self.error {
+            record.error = Some(error.kind());
+            if let (Some(model), Some(provider)) = (&record.model, &record.provider) {
+                let status = match error {
+                    GatewayError::UpstreamServerError { status, .. } => *status,
+                    other => other.status().as_u16(),
+                };
+                telemetry::upstream_error(model, provider, status, error.kind());
+            }
+        }
+        record.finish(200, outcome, overhead);
+    }
+}

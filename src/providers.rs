@@ -1,0 +1,250 @@
+//! Provider adapters. Only this module knows a vendor's wire format: each adapter translates the
+//! canonical (OpenAI-shaped) request to its wire format, sends it over a pooled client, and
+//! translates the answer back into OpenAI JSON bytes or a stream of OpenAI chunks.
+
+pub mod mock;
+pub mod openai;
+pub mod sse;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::time::Instant;
+
+use crate::config::{DeploymentConfig, ModelConfig, ProviderConfig, ProviderKind, Timeouts};
+use crate::error::GatewayError;
+use crate::types::{ChatRequest, EmbeddingsRequest, Usage};
+
+/// A non-streamed answer: OpenAI-format JSON ready for the client, plus what accounting needs.
+#[derive(Debug)]
+pub struct Completion {
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// One streamed chunk in OpenAI format (the JSON after `data: `).
+#[derive(Debug)]
+pub struct StreamChunk {
+    pub data: Bytes,
+    pub usage: Option<Usage>,
+    /// A usage-only chunk (`choices: []`); forwarded only when the client asked for usage.
+    pub usage_only: bool,
+}
+
+/// Ends with `None` after the upstream finished cleanly; an `Err` item ends it early.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<StreamChunk, GatewayError>> + Send>>;
+
+pub enum ChatReply {
+    Complete(Completion),
+    Stream(ChunkStream),
+}
+
+/// Per-call limits, computed once when the call starts.
+#[derive(Debug, Clone, Copy)]
+pub struct CallLimits {
+    pub first_byte_deadline: Instant,
+    pub deadline: Instant,
+    pub timeouts: Timeouts,
+}
+
+impl CallLimits {
+    pub fn starting_now(timeouts: Timeouts) -> Self {
+        let now = Instant::now();
+        Self { first_byte_deadline: now + timeouts.first_byte, deadline: now + timeouts.total, timeouts }
+    }
+}
+
+/// A configured provider with its adapter.
+#[derive(Debug)]
+pub struct Provider {
+    pub config: Arc<ProviderConfig>,
+    adapter: Adapter,
+}
+
+#[derive(Debug)]
+enum Adapter {
+    OpenAi(openai::OpenAi),
+    Mock,
+}
+
+/// One deployment made ready to call: provider, upstream model, URLs and the pooled client.
+#[derive(Debug)]
+pub struct Target {
+    pub provider: Arc<Provider>,
+    pub upstream_model: Arc<str>,
+    pub weight: u32,
+    chat_url: String,
+    embeddings_url: String,
+    client: reqwest::Client,
+}
+
+impl Provider {
+    pub fn new(config: Arc<ProviderConfig>) -> Result<Self, GatewayError> {
+        let adapter = match config.kind {
+            ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible => {
+                Adapter::OpenAi(openai::OpenAi::new(&config)?)
+            }
+            ProviderKind::Mock => Adapter::Mock,
+        };
+        Ok(Self { config, adapter })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+}
+
+impl Target {
+    pub fn new(
+        provider: Arc<Provider>,
+        deployment: &DeploymentConfig,
+        model: &ModelConfig,
+        clients: &ClientCache,
+    ) -> Result<Self, GatewayError> {
+        let (chat_url, embeddings_url) = match &provider.adapter {
+            Adapter::OpenAi(adapter) => adapter.urls(&provider.config, deployment),
+            Adapter::Mock => (String::new(), String::new()),
+        };
+        Ok(Self {
+            upstream_model: Arc::from(deployment.model.as_str()),
+            weight: deployment.weight,
+            chat_url,
+            embeddings_url,
+            client: clients.client(model.timeouts.connect)?,
+            provider,
+        })
+    }
+
+    pub fn provider_name(&self) -> &str {
+        self.provider.name()
+    }
+
+    /// Sends a chat request. `req.model` is replaced by the upstream model name.
+    pub async fn chat(&self, req: &mut ChatRequest, limits: CallLimits) -> Result<ChatReply, GatewayError> {
+        req.model.clear();
+        req.model.push_str(&self.upstream_model);
+        match &self.provider.adapter {
+            Adapter::OpenAi(adapter) => {
+                adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
+            }
+            Adapter::Mock => Ok(mock_chat(req, &self.upstream_model)),
+        }
+    }
+
+    pub async fn embeddings(&self, req: &mut EmbeddingsRequest, limits: CallLimits) -> Result<Completion, GatewayError> {
+        req.model.clear();
+        req.model.push_str(&self.upstream_model);
+        match &self.provider.adapter {
+            Adapter::OpenAi(adapter) => {
+                adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
+            }
+            Adapter::Mock => {
+                let body = mock::embeddings(req, &self.upstream_model);
+                let usage = body.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
+                Ok(Completion { body: Bytes::from(body.to_string()), usage })
+            }
+        }
+    }
+}
+
+fn mock_chat(req: &ChatRequest, model: &str) -> ChatReply {
+    if req.is_stream() {
+        let chunks = mock::chunks(req, model, true);
+        let items: Vec<Result<StreamChunk, GatewayError>> = chunks
+            .into_iter()
+            .map(|c| {
+                let usage_only = c.choices.is_empty();
+                Ok(StreamChunk {
+                    usage: c.usage,
+                    usage_only,
+                    data: Bytes::from(serde_json::to_vec(&c).unwrap_or_default()),
+                })
+            })
+            .collect();
+        ChatReply::Stream(Box::pin(futures_util::stream::iter(items)))
+    } else {
+        let response = mock::complete(req, model);
+        ChatReply::Complete(Completion {
+            usage: response.usage,
+            body: Bytes::from(serde_json::to_vec(&response).unwrap_or_default()),
+        })
+    }
+}
+
+/// Pooled HTTP clients shared across config reloads, one per connect timeout, so a reload keeps
+/// warm upstream connections.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: Mutex<HashMap<Duration, reqwest::Client>>,
+}
+
+impl ClientCache {
+    pub fn client(&self, connect_timeout: Duration) -> Result<reqwest::Client, GatewayError> {
+        let mut clients = self.clients.lock().map_err(|_| GatewayError::internal("client cache poisoned"))?;
+        if let Some(client) = clients.get(&connect_timeout) {
+            return Ok(client.clone());
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GatewayError::internal(format!("cannot build the HTTP client: {e}")))?;
+        clients.insert(connect_timeout, client.clone());
+        Ok(client)
+    }
+}
+
+/// Maps a non-success upstream status to the gateway's error, with the provider's own message
+/// (never the provider's credential).
+pub fn error_from_status(
+    provider: &ProviderConfig,
+    status: u16,
+    retry_after: Option<String>,
+    body: &[u8],
+) -> GatewayError {
+    let name = provider.name.clone();
+    let mut message = upstream_message(body);
+    if let Some(key) = provider.api_key.as_ref().map(|k| k.expose()).filter(|k| !k.is_empty()) {
+        message = message.replace(key, "***");
+    }
+    match status {
+        429 => GatewayError::UpstreamRateLimited { provider: name, retry_after, message },
+        401 | 403 => GatewayError::UpstreamAuth { provider: name, status },
+        400 | 413 | 422 => GatewayError::UpstreamRejected { provider: name, status, message },
+        _ => GatewayError::UpstreamServerError { provider: name, status, message },
+    }
+}
+
+/// The human part of an upstream error body: `error.message`, `message`, or the text itself.
+fn upstream_message(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let from_json = parsed.as_ref().and_then(|v| {
+        v.pointer("/error/message")
+            .or_else(|| v.get("message"))
+            .or_else(|| v.get("error").filter(|e| e.is_string()))
+            .and_then(|m| m.as_str())
+            .map(str::to_string)
+    });
+    let text = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).trim().to_string());
+    let mut text: String = text.chars().take(500).collect();
+    if text.is_empty() {
+        text.push_str("(empty body)");
+    }
+    text
+}
+
+/// `Retry-After` (seconds or HTTP date, forwarded as-is) or OpenAI's `retry-after-ms`.
+pub fn retry_after(headers: &http::HeaderMap) -> Option<String> {
+    if let Some(v) = headers.get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    let ms: f64 = headers.get("retry-after-ms")?.to_str().ok()?.trim().parse().ok()?;
+    Some(((ms / 1000.0).ceil() as u64).max(1).to_string())
+}
