@@ -107,8 +107,6 @@ fn check(files: &[PathBuf]) -> ExitCode {
 }
 
 async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Result<(), String> {
-    // reqwest is built without a default TLS provider, so pick ring before any client exists.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let config = match &config_path {
         Some(path) => Config::load(path).map_err(|e| e.to_string())?,
         None => Config::demo().map_err(|e| e.to_string())?,

@@ -64,7 +64,8 @@ pub struct StreamOptions {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Always serialized (as `null` when absent): some servers require the key on tool-call turns.
+    #[serde(default)]
     pub content: Option<MessageContent>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
