@@ -415,6 +415,9 @@ fn provider_config(
         .filter(|k| !k.is_empty())
         .or_else(|| preset.and_then(|p| p.api_key_env.as_deref()).and_then(env))
         .map(Secret::new);
+    if let (None, Some(var)) = (&api_key, preset.and_then(|p| p.api_key_env.as_deref())) {
+        problems.push(at("api_key"), format!("this provider needs an API key and {var} is not set"), format!("export {var} or set api_key"));
+    }
     if api_key.is_none() && matches!(raw.kind, ProviderKind::Openai | ProviderKind::AzureOpenai) {
         problems.push(at("api_key"), "this provider needs an API key", "set api_key: \"${OPENAI_API_KEY}\" (or the variable your key is in)");
     }

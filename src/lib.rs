@@ -87,6 +87,12 @@ impl Gateway {
     }
 }
 
+/// reqwest is built without a default TLS provider (to avoid building aws-lc); ring must be
+/// installed before any HTTP client is built. Safe to call many times.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Refuses an open gateway (no client keys) on anything but a loopback address.
 pub fn check_exposure(addr: SocketAddr, config: &Config) -> Result<(), String> {
     if config.client_keys.is_empty() && !addr.ip().is_loopback() {

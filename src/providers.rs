@@ -188,8 +188,7 @@ impl ClientCache {
         if let Some(client) = clients.get(&connect_timeout) {
             return Ok(client.clone());
         }
-        // reqwest is built without a default TLS provider; ring must be installed before any client.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_tls_provider();
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
