@@ -101,11 +101,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(10),
-            first_byte: Duration::from_secs(60),
-            total: Duration::from_secs(600),
-        }
+        Self { connect: Duration::from_secs(10), first_byte: Duration::from_secs(60), total: Duration::from_secs(600) }
     }
 }
 
@@ -224,11 +220,9 @@ fn interpolate(value: &mut Value, path: &mut String, env: &dyn Fn(&str) -> Optio
     match value {
         Value::String(s) if s.contains('$') => match expand(s, env) {
             Ok(expanded) => *s = expanded,
-            Err((var, problem)) => problems.push(
-                path.clone(),
-                problem,
-                format!("export {var} or write ${{{var}:-default}}"),
-            ),
+            Err((var, problem)) => {
+                problems.push(path.clone(), problem, format!("export {var} or write ${{{var}:-default}}"))
+            }
         },
         Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -328,7 +322,11 @@ fn validate(
         None => DEFAULT_MAX_BODY,
         Some(SizeValue::Bytes(n)) => *n as usize,
         Some(SizeValue::Text(text)) => parse_size(text).unwrap_or_else(|| {
-            problems.push("server.max_body_size", format!("{text:?} is not a size"), "write e.g. 10MiB, 512KB or a byte count");
+            problems.push(
+                "server.max_body_size",
+                format!("{text:?} is not a size"),
+                "write e.g. 10MiB, 512KB or a byte count",
+            );
             DEFAULT_MAX_BODY
         }),
     };
@@ -338,10 +336,18 @@ fn validate(
     let mut client_keys = HashMap::new();
     for (i, key) in raw.auth.keys.iter().enumerate() {
         if key.key.len() < 8 {
-            problems.push(format!("auth.keys[{i}].key"), "client key is shorter than 8 characters", "use a long random key");
+            problems.push(
+                format!("auth.keys[{i}].key"),
+                "client key is shorter than 8 characters",
+                "use a long random key",
+            );
         }
         if client_keys.insert(key.key.clone(), Arc::<str>::from(key.name.as_str())).is_some() {
-            problems.push(format!("auth.keys[{i}].key"), "the same key is listed twice", "give each client its own key");
+            problems.push(
+                format!("auth.keys[{i}].key"),
+                "the same key is listed twice",
+                "give each client its own key",
+            );
         }
     }
 
@@ -379,7 +385,11 @@ fn provider_config(
     let at = |key: &str| format!("providers.{name}.{key}");
     let preset = match &raw.preset {
         Some(p) if raw.kind != ProviderKind::OpenaiCompatible => {
-            problems.push(at("preset"), format!("presets apply only to kind openai_compatible, not {:?}", raw.kind), "remove `preset` or change `kind`");
+            problems.push(
+                at("preset"),
+                format!("presets apply only to kind openai_compatible, not {:?}", raw.kind),
+                "remove `preset` or change `kind`",
+            );
             let _ = p;
             None
         }
@@ -399,16 +409,28 @@ fn provider_config(
         (ProviderKind::OpenaiCompatible, None, Some(preset)) => preset.base_url.clone(),
         (ProviderKind::Mock, None, _) => String::new(),
         (ProviderKind::AzureOpenai, None, _) => {
-            problems.push(at("base_url"), "Azure OpenAI needs the resource endpoint", "set base_url: https://<resource>.openai.azure.com");
+            problems.push(
+                at("base_url"),
+                "Azure OpenAI needs the resource endpoint",
+                "set base_url: https://<resource>.openai.azure.com",
+            );
             return None;
         }
         (ProviderKind::OpenaiCompatible, None, None) => {
-            problems.push(at("base_url"), "an openai_compatible provider needs a base_url or a preset", "set base_url (e.g. http://127.0.0.1:11434/v1) or preset: ollama");
+            problems.push(
+                at("base_url"),
+                "an openai_compatible provider needs a base_url or a preset",
+                "set base_url (e.g. http://127.0.0.1:11434/v1) or preset: ollama",
+            );
             return None;
         }
     };
     if raw.kind != ProviderKind::Mock && !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-        problems.push(at("base_url"), format!("{base_url:?} is not an http(s) URL"), "write the full URL, e.g. https://api.openai.com/v1");
+        problems.push(
+            at("base_url"),
+            format!("{base_url:?} is not an http(s) URL"),
+            "write the full URL, e.g. https://api.openai.com/v1",
+        );
     }
     let api_key = raw
         .api_key
@@ -416,10 +438,18 @@ fn provider_config(
         .or_else(|| preset.and_then(|p| p.api_key_env.as_deref()).and_then(env))
         .map(Secret::new);
     if let (None, Some(var)) = (&api_key, preset.and_then(|p| p.api_key_env.as_deref())) {
-        problems.push(at("api_key"), format!("this provider needs an API key and {var} is not set"), format!("export {var} or set api_key"));
+        problems.push(
+            at("api_key"),
+            format!("this provider needs an API key and {var} is not set"),
+            format!("export {var} or set api_key"),
+        );
     }
     if api_key.is_none() && matches!(raw.kind, ProviderKind::Openai | ProviderKind::AzureOpenai) {
-        problems.push(at("api_key"), "this provider needs an API key", "set api_key: \"${OPENAI_API_KEY}\" (or the variable your key is in)");
+        problems.push(
+            at("api_key"),
+            "this provider needs an API key",
+            "set api_key: \"${OPENAI_API_KEY}\" (or the variable your key is in)",
+        );
     }
     let api_version = match raw.kind {
         ProviderKind::AzureOpenai => Some(raw.api_version.unwrap_or_else(|| "2024-10-21".to_string())),
@@ -433,7 +463,11 @@ fn provider_config(
     let mut headers = Vec::new();
     for (header, value) in raw.headers {
         if http::HeaderName::from_bytes(header.as_bytes()).is_err() || http::HeaderValue::from_str(&value).is_err() {
-            problems.push(at(&format!("headers.{header}")), "not a valid HTTP header", "use a token name and a printable ASCII value");
+            problems.push(
+                at(&format!("headers.{header}")),
+                "not a valid HTTP header",
+                "use a token name and a printable ASCII value",
+            );
         } else {
             headers.push((header.to_ascii_lowercase(), Secret::new(value)));
         }
@@ -458,14 +492,22 @@ fn model_config(
 ) -> Option<ModelConfig> {
     let at = |key: &str| format!("models.{name}.{key}");
     if raw.deployments.is_empty() {
-        problems.push(at("deployments"), "a model needs at least one deployment", "add - { provider: <name>, model: <upstream model> }");
+        problems.push(
+            at("deployments"),
+            "a model needs at least one deployment",
+            "add - { provider: <name>, model: <upstream model> }",
+        );
     }
     let mut deployments = Vec::new();
     for (i, d) in raw.deployments.into_iter().enumerate() {
         match providers.get(&d.provider) {
             Some(p) => {
                 if d.deployment.is_some() && p.kind != ProviderKind::AzureOpenai {
-                    problems.push(at(&format!("deployments[{i}].deployment")), "`deployment` applies only to azure_openai providers", "remove it");
+                    problems.push(
+                        at(&format!("deployments[{i}].deployment")),
+                        "`deployment` applies only to azure_openai providers",
+                        "remove it",
+                    );
                 }
             }
             None => {
@@ -473,12 +515,20 @@ fn model_config(
                 problems.push(
                     at(&format!("deployments[{i}].provider")),
                     format!("unknown provider {:?}", d.provider),
-                    if known.is_empty() { "define it under `providers:`".to_string() } else { format!("use one of: {known}") },
+                    if known.is_empty() {
+                        "define it under `providers:`".to_string()
+                    } else {
+                        format!("use one of: {known}")
+                    },
                 );
             }
         }
         if d.weight == Some(0) {
-            problems.push(at(&format!("deployments[{i}].weight")), "weight 0 would never be chosen", "remove the deployment or give it a positive weight");
+            problems.push(
+                at(&format!("deployments[{i}].weight")),
+                "weight 0 would never be chosen",
+                "remove the deployment or give it a positive weight",
+            );
         }
         deployments.push(crate::config::DeploymentConfig {
             provider: d.provider,

@@ -41,15 +41,18 @@ impl Snapshot {
         for (name, model) in &config.models {
             let mut targets = Vec::new();
             for deployment in &model.deployments {
-                let provider = providers
-                    .get(&deployment.provider)
-                    .ok_or_else(|| GatewayError::internal(format!("model {name}: provider {} missing", deployment.provider)))?;
+                let provider = providers.get(&deployment.provider).ok_or_else(|| {
+                    GatewayError::internal(format!("model {name}: provider {} missing", deployment.provider))
+                })?;
                 targets.push(Target::new(provider.clone(), deployment, model, clients)?);
             }
             let entry = json!({"id": name, "object": "model", "created": 0, "owned_by": "llm-gateway"});
             model_entries.insert(name.clone(), Bytes::from(entry.to_string()));
             entries.push(entry);
-            models.insert(name.clone(), Arc::new(Model { name: Arc::from(name.as_str()), config: model.clone(), targets }));
+            models.insert(
+                name.clone(),
+                Arc::new(Model { name: Arc::from(name.as_str()), config: model.clone(), targets }),
+            );
         }
         let model_list = Bytes::from(json!({"object": "list", "data": entries}).to_string());
         Ok(Self { config, models, model_list, model_entries })

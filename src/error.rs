@@ -89,9 +89,7 @@ impl GatewayError {
             Self::InvalidRequest { .. } | Self::MalformedJson { .. } | Self::Unsupported { .. } => {
                 StatusCode::BAD_REQUEST
             }
-            Self::UpstreamRejected { status, .. } => {
-                StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST)
-            }
+            Self::UpstreamRejected { status, .. } => StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_REQUEST),
             Self::ModelNotFound { .. } | Self::RouteNotFound { .. } => StatusCode::NOT_FOUND,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,

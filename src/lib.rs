@@ -71,15 +71,13 @@ impl Gateway {
         let Some(path) = &self.config_path else {
             return Err("the gateway runs the built-in demo config; there is no file to reload".into());
         };
-        let result = Config::load(path)
-            .map_err(|e| e.to_string())
-            .and_then(|config| {
-                let listen = self.listen.lock().ok().and_then(|l| *l);
-                if let Some(addr) = listen {
-                    check_exposure(addr, &config)?;
-                }
-                Snapshot::build(config, &self.clients).map_err(|e| e.to_string())
-            });
+        let result = Config::load(path).map_err(|e| e.to_string()).and_then(|config| {
+            let listen = self.listen.lock().ok().and_then(|l| *l);
+            if let Some(addr) = listen {
+                check_exposure(addr, &config)?;
+            }
+            Snapshot::build(config, &self.clients).map_err(|e| e.to_string())
+        });
         telemetry::config_reloaded(result.is_ok());
         let snapshot = result?;
         self.snapshot.store(Arc::new(snapshot));

@@ -135,7 +135,11 @@ impl Target {
         }
     }
 
-    pub async fn embeddings(&self, req: &mut EmbeddingsRequest, limits: CallLimits) -> Result<Completion, GatewayError> {
+    pub async fn embeddings(
+        &self,
+        req: &mut EmbeddingsRequest,
+        limits: CallLimits,
+    ) -> Result<Completion, GatewayError> {
         req.model.clear();
         req.model.push_str(&self.upstream_model);
         match &self.provider.adapter {

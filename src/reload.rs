@@ -32,9 +32,7 @@ pub fn spawn(gateway: Arc<Gateway>) -> Result<Option<notify::RecommendedWatcher>
         }
     })
     .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
-    watcher
-        .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+    watcher.watch(&dir, RecursiveMode::NonRecursive).map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
 
     #[cfg(unix)]
     tokio::spawn(async move {
@@ -51,7 +49,9 @@ pub fn spawn(gateway: Arc<Gateway>) -> Result<Option<notify::RecommendedWatcher>
             while rx.try_recv().is_ok() {}
             match gateway.reload() {
                 Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
-                Err(e) => tracing::error!(config = %path.display(), "config reload rejected, still serving the previous config:\n{e}"),
+                Err(e) => {
+                    tracing::error!(config = %path.display(), "config reload rejected, still serving the previous config:\n{e}")
+                }
             }
         }
     });

@@ -135,10 +135,8 @@ fn request_id(headers: &HeaderMap) -> String {
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, GatewayError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(GatewayError::PayloadTooLarge { limit });
     }
@@ -217,7 +215,7 @@ fn respond(result: Result<Output, GatewayError>, pending: &mut Pending) -> Respo
             enrich(response.headers_mut(), &record, overhead);
             let mut sse = sse;
             sse.attach_record(record, overhead);
-            *response.body_mut() = Body::from_stream(sse);
+            *response.body_mut() = Body::from_stream(*sse);
             return response;
         }
         Err(error) => {
@@ -273,9 +271,7 @@ async fn metrics() -> Response {
     match telemetry::prometheus() {
         Some(handle) => {
             let mut response = Response::new(Body::from(handle.render()));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             response
         }
         None => GatewayError::internal("metrics recorder is not installed").into_response(),

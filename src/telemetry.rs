@@ -135,6 +135,7 @@ pub fn config_reloaded(ok: bool) {
 }
 
 fn status_label(status: u16) -> &'static str {
+    #[expect(clippy::match_overlapping_arm, reason = "exact codes first, then classes")]
     match status {
         200 => "200",
         400 => "400",

@@ -35,7 +35,10 @@ async fn proxies_a_chat_completion_and_says_what_happened() {
     assert_eq!(body["object"], "chat.completion");
     assert_eq!(body["choices"][0]["message"]["content"], "Mock reply from gpt-4o-mini: you said \"hello\".");
     let usage = &body["usage"];
-    assert_eq!(usage["total_tokens"], usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap());
+    assert_eq!(
+        usage["total_tokens"],
+        usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap()
+    );
 
     let seen = h.upstream.last_request().unwrap();
     assert_eq!(seen.path, "/v1/chat/completions");
@@ -92,7 +95,10 @@ async fn streams_with_include_usage_ending_in_a_usage_chunk() {
 async fn asks_upstream_for_usage_but_hides_it_from_clients_that_did_not() {
     let h = Harness::start().await;
     let response = h
-        .post("/v1/chat/completions", json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "x"}]}))
+        .post(
+            "/v1/chat/completions",
+            json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+        )
         .await;
     let events = sse_events(response).await;
     for event in &events[..events.len() - 1] {

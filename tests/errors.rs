@@ -36,9 +36,8 @@ async fn malformed_json_is_400_naming_where_it_broke() {
     assert_eq!(kind, "invalid_request_error");
     assert!(message.contains("line 2 column 15"), "{message}");
 
-    let response = h
-        .post("/v1/chat/completions", json!({"model": "gpt", "messages": [{"role": "robot", "content": "x"}]}))
-        .await;
+    let response =
+        h.post("/v1/chat/completions", json!({"model": "gpt", "messages": [{"role": "robot", "content": "x"}]})).await;
     assert_eq!(response.status(), 400);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["param"], "messages[0].role");
@@ -49,9 +48,8 @@ async fn malformed_json_is_400_naming_where_it_broke() {
 #[tokio::test]
 async fn unknown_model_is_404_model_not_found() {
     let h = Harness::start().await;
-    let response = h
-        .post("/v1/chat/completions", json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]}))
-        .await;
+    let response =
+        h.post("/v1/chat/completions", json!({"model": "gpt-9", "messages": [{"role": "user", "content": "x"}]})).await;
     assert_eq!(response.status(), 404);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["code"], "model_not_found");
@@ -70,7 +68,8 @@ async fn oversized_body_is_413_with_or_without_content_length() {
 
     // Chunked upload, no Content-Length: the limit still holds.
     let bytes = serde_json::to_vec(&big).unwrap();
-    let stream = futures_util::stream::iter(bytes.chunks(512).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let stream =
+        futures_util::stream::iter(bytes.chunks(512).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
     let response = h
         .http
         .post(h.url("/v1/chat/completions"))
@@ -91,7 +90,14 @@ async fn missing_or_wrong_client_key_is_401() {
     assert_eq!(response.status(), 401);
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["type"], "authentication_error");
-    let response = h.http.post(h.url("/v1/chat/completions")).bearer_auth("wrong-key-000").json(&chat(false)).send().await.unwrap();
+    let response = h
+        .http
+        .post(h.url("/v1/chat/completions"))
+        .bearer_auth("wrong-key-000")
+        .json(&chat(false))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     assert!(!response.text().await.unwrap().contains("wrong-key-000"));
     assert_eq!(h.http.get(h.url("/v1/models")).send().await.unwrap().status(), 401);
@@ -110,7 +116,11 @@ async fn upstream_429_is_429_with_retry_after_forwarded() {
     assert!(error_of(&body).1.contains("openai"));
 
     // OpenAI's millisecond hint becomes whole seconds.
-    h.upstream.push_fault(Fault::Status { status: 429, body: "{}".into(), headers: vec![("retry-after-ms".into(), "1500".into())] });
+    h.upstream.push_fault(Fault::Status {
+        status: 429,
+        body: "{}".into(),
+        headers: vec![("retry-after-ms".into(), "1500".into())],
+    });
     let response = h.post("/v1/chat/completions", chat(true)).await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "2");

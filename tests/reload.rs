@@ -12,10 +12,8 @@ use llm_gateway::testkit::{Fault, MockUpstream};
 use serde_json::{Value, json};
 
 fn config_text(upstream: &MockUpstream, models: &[&str]) -> String {
-    let mut text = format!(
-        "providers:\n  up: {{ kind: openai_compatible, base_url: \"{}\" }}\nmodels:\n",
-        upstream.base_url()
-    );
+    let mut text =
+        format!("providers:\n  up: {{ kind: openai_compatible, base_url: \"{}\" }}\nmodels:\n", upstream.base_url());
     for model in models {
         text.push_str(&format!("  {model}:\n    deployments: [ {{ provider: up, model: {model}-upstream }} ]\n"));
     }
@@ -93,7 +91,12 @@ async fn in_flight_requests_finish_on_the_config_they_started_with() {
         let client = client.clone();
         let url = format!("{base}/v1/chat/completions");
         async move {
-            client.post(url).json(&json!({"model": "old", "messages": [{"role": "user", "content": "slow"}]})).send().await.unwrap()
+            client
+                .post(url)
+                .json(&json!({"model": "old", "messages": [{"role": "user", "content": "slow"}]}))
+                .send()
+                .await
+                .unwrap()
         }
     });
     tokio::time::sleep(Duration::from_millis(150)).await;
@@ -119,7 +122,8 @@ async fn a_reload_cannot_open_a_public_listener() {
     let upstream = MockUpstream::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    let with_keys = format!("auth:\n  keys: [ {{ name: a, key: \"0123456789abcdef\" }} ]\n{}", config_text(&upstream, &["m"]));
+    let with_keys =
+        format!("auth:\n  keys: [ {{ name: a, key: \"0123456789abcdef\" }} ]\n{}", config_text(&upstream, &["m"]));
     std::fs::write(&path, &with_keys).unwrap();
     let gateway = Gateway::new(Config::load(&path).unwrap(), Some(path.clone())).unwrap();
     gateway.set_listen("0.0.0.0:8080".parse().unwrap());

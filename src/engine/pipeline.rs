@@ -27,7 +27,7 @@ use crate::types::{ChatRequest, EmbeddingsRequest};
 
 pub enum Output {
     Json(Bytes),
-    Stream(SseBody),
+    Stream(Box<SseBody>),
 }
 
 /// `POST /v1/chat/completions`.
@@ -42,11 +42,8 @@ pub async fn chat_completions(
     validate_chat(&req)?;
     record.stream = req.is_stream();
     if snapshot.config.server.log_prompts {
-        record.prompt_excerpt = req
-            .messages
-            .last()
-            .and_then(|m| m.content.as_ref())
-            .map(|c| c.text().chars().take(200).collect());
+        record.prompt_excerpt =
+            req.messages.last().and_then(|m| m.content.as_ref()).map(|c| c.text().chars().take(200).collect());
     }
     let model = resolve_model(snapshot, &req.model, record)?;
     let target = plan(&model, record)?;
@@ -76,7 +73,7 @@ pub async fn chat_completions(
             };
             let first = first.inspect_err(|e| count_upstream_error(&model, target, e))?;
             record.upstream_time = upstream_started.elapsed();
-            Ok(Output::Stream(SseBody::new(first, stream, client_wants_usage)))
+            Ok(Output::Stream(Box::new(SseBody::new(first, stream, client_wants_usage))))
         }
     }
 }
@@ -91,23 +88,29 @@ pub async fn embeddings(
     authenticate(snapshot, headers, record)?;
     let mut req: EmbeddingsRequest = parse_json(body)?;
     if req.input.is_null() {
-        return Err(GatewayError::InvalidRequest { message: "`input` is required".into(), param: Some("input".into()) });
+        return Err(GatewayError::InvalidRequest {
+            message: "`input` is required".into(),
+            param: Some("input".into()),
+        });
     }
     let model = resolve_model(snapshot, &req.model, record)?;
     let target = plan(&model, record)?;
     let limits = CallLimits::starting_now(model.config.timeouts);
     let upstream_started = Instant::now();
-    let completion = target
-        .embeddings(&mut req, limits)
-        .await
-        .inspect_err(|e| count_upstream_error(&model, target, e))?;
+    let completion =
+        target.embeddings(&mut req, limits).await.inspect_err(|e| count_upstream_error(&model, target, e))?;
     record.upstream_time = upstream_started.elapsed();
     record.usage = completion.usage;
     Ok(Output::Json(completion.body))
 }
 
 /// `GET /v1/models` and `/v1/models/{id}`.
-pub fn models(snapshot: &Snapshot, record: &mut RequestRecord, headers: &HeaderMap, id: Option<&str>) -> Result<Output, GatewayError> {
+pub fn models(
+    snapshot: &Snapshot,
+    record: &mut RequestRecord,
+    headers: &HeaderMap,
+    id: Option<&str>,
+) -> Result<Output, GatewayError> {
     authenticate(snapshot, headers, record)?;
     match id {
         None => Ok(Output::Json(snapshot.model_list.clone())),
@@ -182,11 +185,8 @@ fn validate_chat(req: &ChatRequest) -> Result<(), GatewayError> {
 
 /// Route step (for now: the configured model by name).
 fn resolve_model(snapshot: &Snapshot, name: &str, record: &mut RequestRecord) -> Result<Arc<Model>, GatewayError> {
-    let model = snapshot
-        .models
-        .get(name)
-        .cloned()
-        .ok_or_else(|| GatewayError::ModelNotFound { model: name.to_string() })?;
+    let model =
+        snapshot.models.get(name).cloned().ok_or_else(|| GatewayError::ModelNotFound { model: name.to_string() })?;
     record.model = Some(model.name.clone());
     Ok(model)
 }

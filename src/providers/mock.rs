@@ -30,10 +30,7 @@ fn estimate_tokens(text: &str) -> u64 {
 }
 
 fn prompt_tokens(req: &ChatRequest) -> u64 {
-    req.messages
-        .iter()
-        .map(|m| 4 + m.content.as_ref().map_or(0, |c| estimate_tokens(&c.text())))
-        .sum()
+    req.messages.iter().map(|m| 4 + m.content.as_ref().map_or(0, |c| estimate_tokens(&c.text()))).sum()
 }
 
 fn answer(req: &ChatRequest, model: &str) -> Answer {
@@ -107,7 +104,11 @@ pub fn complete(req: &ChatRequest, model: &str) -> ChatResponse {
                 kind: "function".into(),
                 function: FunctionCall { name, arguments },
             };
-            (ResponseMessage { role: Role::Assistant, content: None, tool_calls: Some(vec![call]) }, "tool_calls", tokens)
+            (
+                ResponseMessage { role: Role::Assistant, content: None, tool_calls: Some(vec![call]) },
+                "tool_calls",
+                tokens,
+            )
         }
     };
     ChatResponse {
@@ -134,7 +135,8 @@ pub fn chunks(req: &ChatRequest, model: &str, include_usage: bool) -> Vec<ChatCh
         choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
         usage: None,
     };
-    let mut out = vec![chunk(Delta { role: Some(Role::Assistant), content: Some(String::new()), tool_calls: None }, None)];
+    let mut out =
+        vec![chunk(Delta { role: Some(Role::Assistant), content: Some(String::new()), tool_calls: None }, None)];
     let Some(choice) = full.choices.into_iter().next() else { return out };
     if let Some(text) = choice.message.content {
         for (i, word) in text.split(' ').enumerate() {

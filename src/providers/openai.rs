@@ -46,7 +46,10 @@ impl OpenAi {
                 _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
             };
             let mut value = HeaderValue::from_str(&text).map_err(|_| {
-                GatewayError::internal(format!("provider {}: the API key contains characters not allowed in a header", config.name))
+                GatewayError::internal(format!(
+                    "provider {}: the API key contains characters not allowed in a header",
+                    config.name
+                ))
             })?;
             value.set_sensitive(true);
             headers.insert(name, value);
@@ -83,7 +86,8 @@ impl OpenAi {
             // chunk again when the client did not ask for it.
             req.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
         }
-        let body = serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
+        let body =
+            serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
         let response = self.send(client, url, config, body, limits).await?;
         if !stream {
             let body = read_body(response, config, limits).await?;
@@ -98,10 +102,7 @@ impl OpenAi {
             let body = read_body(response, config, limits).await?;
             return Err(GatewayError::UpstreamProtocol {
                 provider: config.name.clone(),
-                message: format!(
-                    "expected an event stream, got {} bytes of something else",
-                    body.len()
-                ),
+                message: format!("expected an event stream, got {} bytes of something else", body.len()),
             });
         }
         Ok(ChatReply::Stream(chunk_stream(config.name.clone(), Box::pin(response.bytes_stream()), limits)))
@@ -115,7 +116,8 @@ impl OpenAi {
         req: &EmbeddingsRequest,
         limits: CallLimits,
     ) -> Result<Completion, GatewayError> {
-        let body = serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
+        let body =
+            serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
         let response = self.send(client, url, config, body, limits).await?;
         let body = read_body(response, config, limits).await?;
         completion(config, body)
@@ -189,7 +191,11 @@ async fn read_limited(response: reqwest::Response, limit: usize, limits: CallLim
     }
 }
 
-async fn read_body(response: reqwest::Response, config: &ProviderConfig, limits: CallLimits) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    response: reqwest::Response,
+    config: &ProviderConfig,
+    limits: CallLimits,
+) -> Result<Bytes, GatewayError> {
     if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BODY as u64) {
         return Err(GatewayError::UpstreamProtocol {
             provider: config.name.clone(),
@@ -336,14 +342,21 @@ mod tests {
     fn translate_event_classifies_chunks() {
         let event = |data: &str| SseEvent { event: None, data: Bytes::from(data.to_string()) };
         assert!(translate_event("p", &event("[DONE]")).unwrap().is_none());
-        let usage = translate_event("p", &event(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#))
-            .unwrap()
-            .unwrap();
+        let usage = translate_event(
+            "p",
+            &event(r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#),
+        )
+        .unwrap()
+        .unwrap();
         assert!(usage.usage_only);
         assert_eq!(usage.usage.unwrap().total_tokens, 7);
-        let normal = translate_event("p", &event(r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#)).unwrap().unwrap();
+        let normal =
+            translate_event("p", &event(r#"{"choices":[{"delta":{"content":"hi"}}],"usage":null}"#)).unwrap().unwrap();
         assert!(!normal.usage_only);
-        assert!(matches!(translate_event("p", &event(r#"{"choices":[{"delta""#)), Err(GatewayError::UpstreamProtocol { .. })));
+        assert!(matches!(
+            translate_event("p", &event(r#"{"choices":[{"delta""#)),
+            Err(GatewayError::UpstreamProtocol { .. })
+        ));
         assert!(matches!(
             translate_event("p", &event(r#"{"error":{"message":"overloaded"}}"#)),
             Err(GatewayError::UpstreamServerError { .. })

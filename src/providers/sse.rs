@@ -128,7 +128,8 @@ mod tests {
 
     #[test]
     fn events_survive_every_split_point() {
-        let stream: &[u8] = b": keep-alive\n\nevent: message_start\ndata: {\"a\":1}\n\ndata: line1\ndata: line2\r\n\r\ndata:[DONE]\n\n";
+        let stream: &[u8] =
+            b": keep-alive\n\nevent: message_start\ndata: {\"a\":1}\n\ndata: line1\ndata: line2\r\n\r\ndata:[DONE]\n\n";
         let expected = decode_all(&[stream]);
         assert_eq!(expected.len(), 3);
         assert_eq!(expected[0].event.as_deref(), Some("message_start"));
