@@ -59,6 +59,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     pub max_body_size: usize,
     pub shutdown_grace: Duration,
+    pub sse_keepalive: Duration,
     pub log_prompts: bool,
 }
 
@@ -333,6 +334,9 @@ fn validate(
     let shutdown_grace = duration_field(&mut problems, "server.shutdown_grace", raw.server.shutdown_grace.as_deref())
         .unwrap_or(Duration::from_secs(30));
 
+    let sse_keepalive = duration_field(&mut problems, "server.sse_keepalive", raw.server.sse_keepalive.as_deref())
+        .unwrap_or(Duration::from_secs(15));
+
     let mut client_keys = HashMap::new();
     for (i, key) in raw.auth.keys.iter().enumerate() {
         if key.key.len() < 8 {
@@ -368,7 +372,13 @@ fn validate(
 
     problems.into_result(Config {
         source: file.to_string(),
-        server: ServerConfig { listen, max_body_size, shutdown_grace, log_prompts: raw.server.log_prompts },
+        server: ServerConfig {
+            listen,
+            max_body_size,
+            shutdown_grace,
+            sse_keepalive,
+            log_prompts: raw.server.log_prompts,
+        },
         client_keys,
         providers,
         models,

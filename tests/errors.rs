@@ -137,6 +137,13 @@ async fn upstream_5xx_is_502_naming_the_provider() {
         let message = error_of(&body).1;
         assert!(message.contains("provider `openai`") && message.contains(&status.to_string()), "{message}");
     }
+    let metrics = h.http.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(
+            "gateway_upstream_errors_total{model=\"gpt\",provider=\"openai\",status=\"503\",kind=\"server_error\"}"
+        ),
+        "{metrics}"
+    );
     assert_still_serving(&h).await;
 }
 
@@ -265,4 +272,14 @@ async fn unknown_route_and_wrong_method_are_openai_errors() {
     let response = h.get("/v1/chat/completions").await;
     assert_eq!(response.status(), 405);
     let _: Value = response.json().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_upstream_stream_gets_keepalive_comments() {
+    let h = Harness::start().await;
+    h.upstream.push_fault(Fault::StreamStall { after: 2 });
+    let text = h.post("/v1/chat/completions", chat(true)).await.text().await.unwrap();
+    // The harness sets `sse_keepalive: 100ms`; the stall lasts until the 3 s total timeout.
+    assert!(text.matches(": keep-alive\n\n").count() >= 10, "{text}");
+    assert!(text.ends_with("data: [DONE]\n\n"));
 }

@@ -27,6 +27,9 @@ pub struct RawServer {
     pub max_body_size: Option<SizeValue>,
     /// How long a shutdown waits for in-flight requests and streams. Default `30s`.
     pub shutdown_grace: Option<String>,
+    /// Idle time after which a stream gets an SSE comment, keeping proxies from timing it out and
+    /// noticing clients that left. Default `15s`.
+    pub sse_keepalive: Option<String>,
     /// Include prompt text in the request log. Default false.
     #[serde(default)]
     pub log_prompts: bool,

@@ -9,9 +9,11 @@
 //! (`server`) turns the [`Output`] or [`GatewayError`] into a response.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -73,7 +75,8 @@ pub async fn chat_completions(
             };
             let first = first.inspect_err(|e| count_upstream_error(&model, target, e))?;
             record.upstream_time = upstream_started.elapsed();
-            Ok(Output::Stream(Box::new(SseBody::new(first, stream, client_wants_usage))))
+            let keepalive = snapshot.config.server.sse_keepalive;
+            Ok(Output::Stream(Box::new(SseBody::new(first, stream, client_wants_usage, keepalive))))
         }
     }
 }
@@ -213,6 +216,7 @@ fn count_upstream_error(model: &Model, target: &Target, error: &GatewayError) {
 }
 
 const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
+const KEEPALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
 
 enum Phase {
     Streaming,
@@ -224,22 +228,41 @@ enum Phase {
 /// An upstream failure after the first chunk becomes one OpenAI error event before `[DONE]`, so
 /// the client never sees truncated JSON. When the body is dropped (stream end or client gone),
 /// the request is accounted; dropping it also drops, and so cancels, the upstream request.
+///
+/// While the upstream is silent, an SSE comment goes out every `keepalive`, so idle-timeout
+/// proxies between the client and the gateway do not cut a stream that is merely slow.
 pub struct SseBody {
     first: Option<StreamChunk>,
     upstream: ChunkStream,
     client_wants_usage: bool,
+    keepalive: Duration,
+    idle: Pin<Box<tokio::time::Sleep>>,
     phase: Phase,
-    record: Option<(RequestRecord, std::time::Duration)>,
+    record: Option<(RequestRecord, Duration)>,
     error: Option<GatewayError>,
 }
 
 impl SseBody {
-    fn new(first: Option<StreamChunk>, upstream: ChunkStream, client_wants_usage: bool) -> Self {
-        Self { first, upstream, client_wants_usage, phase: Phase::Streaming, record: None, error: None }
+    fn new(first: Option<StreamChunk>, upstream: ChunkStream, client_wants_usage: bool, keepalive: Duration) -> Self {
+        Self {
+            first,
+            upstream,
+            client_wants_usage,
+            keepalive,
+            idle: Box::pin(tokio::time::sleep(keepalive)),
+            phase: Phase::Streaming,
+            record: None,
+            error: None,
+        }
+    }
+
+    fn reset_idle(&mut self) {
+        let next = tokio::time::Instant::now() + self.keepalive;
+        self.idle.as_mut().reset(next);
     }
 
     /// Hands the request record to the body, which emits it when the stream ends.
-    pub fn attach_record(&mut self, record: RequestRecord, overhead: std::time::Duration) {
+    pub fn attach_record(&mut self, record: RequestRecord, overhead: Duration) {
         self.record = Some((record, overhead));
     }
 
@@ -268,7 +291,13 @@ impl Stream for SseBody {
             let item = match self.first.take() {
                 Some(chunk) => Some(Ok(chunk)),
                 None => match self.upstream.poll_next_unpin(cx) {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => {
+                        if self.idle.as_mut().poll(cx).is_ready() {
+                            self.reset_idle();
+                            return Poll::Ready(Some(Ok(Bytes::from_static(KEEPALIVE_COMMENT))));
+                        }
+                        return Poll::Pending;
+                    }
                     Poll::Ready(item) => item,
                 },
             };
@@ -281,6 +310,7 @@ impl Stream for SseBody {
                     if chunk.usage_only && !self.client_wants_usage {
                         continue;
                     }
+                    self.reset_idle();
                     return Poll::Ready(Some(Ok(Self::frame(&chunk.data))));
                 }
                 Some(Err(error)) => {
@@ -312,6 +342,8 @@ impl Drop for SseBody {
                 telemetry::upstream_error(model, provider, status, error.kind());
             }
         }
-        record.finish(200, outcome, overhead);
+        // nginx's convention: 499 for a client that closed the connection before the end.
+        let status = if outcome == "client_closed" { 499 } else { 200 };
+        record.finish(status, outcome, overhead);
     }
 }

@@ -22,7 +22,7 @@ pub struct Harness {
 pub fn config_yaml(upstream: &MockUpstream, extra_models: &str) -> String {
     format!(
         r#"
-server: {{ listen: "127.0.0.1:0", max_body_size: 4KiB }}
+server: {{ listen: "127.0.0.1:0", max_body_size: 4KiB, sse_keepalive: 100ms }}
 auth:
   keys: [ {{ name: test-app, key: "{CLIENT_KEY}" }} ]
 providers:
@@ -80,7 +80,7 @@ pub async fn sse_events(response: reqwest::Response) -> Vec<String> {
     let text = response.text().await.unwrap();
     assert!(text.ends_with("\n\n"), "stream must end on an event boundary: {text:?}");
     text.split("\n\n")
-        .filter(|e| !e.is_empty())
+        .filter(|e| !e.is_empty() && !e.starts_with(':'))
         .map(|e| e.strip_prefix("data: ").unwrap_or_else(|| panic!("not a data event: {e:?}")).to_string())
         .collect()
 }
