@@ -2,9 +2,12 @@
 //! canonical (OpenAI-shaped) request to its wire format, sends it over a pooled client, and
 //! translates the answer back into OpenAI JSON bytes or a stream of OpenAI chunks.
 
+pub mod eventstream;
 pub mod mock;
 pub mod openai;
 pub mod sse;
+pub mod stream;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::pin::Pin;

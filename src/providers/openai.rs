@@ -3,25 +3,19 @@
 //! fields the gateway does not model are forwarded verbatim, and upstream bytes reach the client
 //! unchanged after being checked to be well-formed.
 
-use std::pin::Pin;
+use std::collections::VecDeque;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderName, HeaderValue, header};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use tokio::time::timeout_at;
 
-use super::sse::{MAX_EVENT_BYTES, SseDecoder, SseEvent};
-use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, retry_after};
+use super::sse::{SseDecoder, SseEvent};
+use super::stream::{self, Framing, Translate};
+use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, transport};
 use crate::config::{DeploymentConfig, ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
 use crate::types::{ChatRequest, EmbeddingsRequest, StreamOptions, Usage};
-
-/// Largest upstream error body read to extract its message.
-const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Largest non-streamed upstream answer accepted.
-const MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
 
 #[derive(Debug)]
 pub struct OpenAi {
@@ -90,22 +84,25 @@ impl OpenAi {
             serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
         let response = self.send(client, url, config, body, limits).await?;
         if !stream {
-            let body = read_body(response, config, limits).await?;
+            let body = transport::read_body(response, config, limits).await?;
             return Ok(ChatReply::Complete(completion(config, body)?));
         }
-        let is_sse = response
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/event-stream"));
-        if !is_sse {
-            let body = read_body(response, config, limits).await?;
+        if !transport::is_event_stream(&response, "text/event-stream") {
+            let body = transport::read_body(response, config, limits).await?;
             return Err(GatewayError::UpstreamProtocol {
                 provider: config.name.clone(),
                 message: format!("expected an event stream, got {} bytes of something else", body.len()),
             });
         }
-        Ok(ChatReply::Stream(chunk_stream(config.name.clone(), Box::pin(response.bytes_stream()), limits)))
+        let translator = Box::new(PassThrough { provider: config.name.clone() });
+        let framing = Framing::Sse(SseDecoder::new());
+        Ok(ChatReply::Stream(stream::drive(
+            config.name.clone(),
+            Box::pin(response.bytes_stream()),
+            framing,
+            translator,
+            limits,
+        )))
     }
 
     pub async fn embeddings(
@@ -119,11 +116,10 @@ impl OpenAi {
         let body =
             serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
         let response = self.send(client, url, config, body, limits).await?;
-        let body = read_body(response, config, limits).await?;
+        let body = transport::read_body(response, config, limits).await?;
         completion(config, body)
     }
 
-    /// Sends the request and waits for a success status within the first-byte deadline.
     async fn send(
         &self,
         client: &reqwest::Client,
@@ -132,87 +128,8 @@ impl OpenAi {
         body: Vec<u8>,
         limits: CallLimits,
     ) -> Result<reqwest::Response, GatewayError> {
-        let request = client.post(url).headers(self.headers.clone()).body(body).send();
-        let response = match timeout_at(limits.first_byte_deadline, request).await {
-            Err(_) => {
-                return Err(GatewayError::UpstreamTimeout {
-                    provider: config.name.clone(),
-                    phase: "first_byte",
-                    limit: limits.timeouts.first_byte,
-                });
-            }
-            Ok(Err(e)) => return Err(transport_error(config, &e, limits)),
-            Ok(Ok(response)) => response,
-        };
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let retry = retry_after(response.headers());
-        let body = read_limited(response, MAX_ERROR_BODY, limits).await.unwrap_or_default();
-        Err(error_from_status(config, status.as_u16(), retry, &body))
-    }
-}
-
-fn transport_error(config: &ProviderConfig, error: &reqwest::Error, limits: CallLimits) -> GatewayError {
-    if error.is_timeout() {
-        return GatewayError::UpstreamTimeout {
-            provider: config.name.clone(),
-            phase: "connect",
-            limit: limits.timeouts.connect,
-        };
-    }
-    // reqwest's Display names the URL but never headers, so no credential can leak here.
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(inner) = source {
-        message.push_str(": ");
-        message.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    GatewayError::UpstreamUnreachable { provider: config.name.clone(), message }
-}
-
-async fn read_limited(response: reqwest::Response, limit: usize, limits: CallLimits) -> Option<Vec<u8>> {
-    let mut body = response.bytes_stream();
-    let mut out = Vec::new();
-    loop {
-        match timeout_at(limits.deadline, body.next()).await {
-            Ok(Some(Ok(chunk))) => {
-                let room = limit.saturating_sub(out.len());
-                out.extend_from_slice(&chunk[..chunk.len().min(room)]);
-                if out.len() >= limit {
-                    return Some(out);
-                }
-            }
-            Ok(None) => return Some(out),
-            Ok(Some(Err(_))) | Err(_) => return None,
-        }
-    }
-}
-
-async fn read_body(
-    response: reqwest::Response,
-    config: &ProviderConfig,
-    limits: CallLimits,
-) -> Result<Bytes, GatewayError> {
-    if response.content_length().is_some_and(|n| n > MAX_RESPONSE_BODY as u64) {
-        return Err(GatewayError::UpstreamProtocol {
-            provider: config.name.clone(),
-            message: format!("response body is larger than {MAX_RESPONSE_BODY} bytes"),
-        });
-    }
-    match timeout_at(limits.deadline, response.bytes()).await {
-        Err(_) => Err(GatewayError::UpstreamTimeout {
-            provider: config.name.clone(),
-            phase: "total",
-            limit: limits.timeouts.total,
-        }),
-        Ok(Err(e)) => Err(GatewayError::UpstreamUnreachable {
-            provider: config.name.clone(),
-            message: format!("connection failed while reading the response: {e}"),
-        }),
-        Ok(Ok(body)) => Ok(body),
+        let request = client.post(url).headers(self.headers.clone()).body(body);
+        transport::send(request, config, limits, error_from_status).await
     }
 }
 
@@ -264,73 +181,27 @@ pub fn translate_event(provider: &str, event: &SseEvent) -> Result<Option<Stream
     Ok(Some(StreamChunk { data: event.data.clone(), usage: probe.usage, usage_only }))
 }
 
-type ByteStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-struct StreamState {
+/// OpenAI chunks pass through unchanged after a well-formedness check.
+struct PassThrough {
     provider: String,
-    body: ByteStream,
-    decoder: SseDecoder,
-    limits: CallLimits,
-    finished: bool,
 }
 
-fn chunk_stream(provider: String, body: ByteStream, limits: CallLimits) -> super::ChunkStream {
-    let state = StreamState { provider, body, decoder: SseDecoder::new(), limits, finished: false };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
-        if st.finished {
-            return None;
-        }
-        let item = next_chunk(&mut st).await;
-        match item {
-            None => None,
-            Some(Err(e)) => {
-                st.finished = true;
-                Some((Err(e), st))
+impl Translate for PassThrough {
+    fn event(&mut self, event: &SseEvent, out: &mut VecDeque<StreamChunk>) -> Result<bool, GatewayError> {
+        match translate_event(&self.provider, event)? {
+            Some(chunk) => {
+                out.push_back(chunk);
+                Ok(false)
             }
-            Some(Ok(chunk)) => Some((Ok(chunk), st)),
+            None => Ok(true),
         }
-    }))
-}
+    }
 
-async fn next_chunk(st: &mut StreamState) -> Option<Result<StreamChunk, GatewayError>> {
-    loop {
-        if let Some(event) = st.decoder.next_event() {
-            return translate_event(&st.provider, &event).transpose();
-        }
-        if st.decoder.buffered() > MAX_EVENT_BYTES {
-            return Some(Err(GatewayError::UpstreamProtocol {
-                provider: st.provider.clone(),
-                message: format!("a stream event exceeded {MAX_EVENT_BYTES} bytes"),
-            }));
-        }
-        match timeout_at(st.limits.deadline, st.body.next()).await {
-            Err(_) => {
-                return Some(Err(GatewayError::UpstreamTimeout {
-                    provider: st.provider.clone(),
-                    phase: "total",
-                    limit: st.limits.timeouts.total,
-                }));
-            }
-            Ok(Some(Ok(bytes))) => st.decoder.push(&bytes),
-            Ok(Some(Err(e))) => {
-                return Some(Err(GatewayError::UpstreamUnreachable {
-                    provider: st.provider.clone(),
-                    message: format!("connection lost mid-stream: {e}"),
-                }));
-            }
-            Ok(None) => {
-                if let Some(event) = st.decoder.finish() {
-                    match translate_event(&st.provider, &event) {
-                        Ok(None) => return None,
-                        other => return other.transpose(),
-                    }
-                }
-                return Some(Err(GatewayError::UpstreamProtocol {
-                    provider: st.provider.clone(),
-                    message: "the stream ended before [DONE]".into(),
-                }));
-            }
-        }
+    fn end_of_input(&mut self, _out: &mut VecDeque<StreamChunk>) -> Result<(), GatewayError> {
+        Err(GatewayError::UpstreamProtocol {
+            provider: self.provider.clone(),
+            message: "the stream ended before [DONE]".into(),
+        })
     }
 }
 
