@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use raw::ProviderKind;
+pub use raw::RawPrice as Price;
 use raw::{RawConfig, RawModel, RawProvider, SizeValue};
 
 pub const DEMO_CONFIG: &str = include_str!("config/demo.yaml");
@@ -75,6 +76,16 @@ pub struct ProviderConfig {
     pub region: Option<String>,
     /// Whether the upstream honours `stream_options.include_usage`.
     pub stream_usage: bool,
+    pub aws: Option<AwsConfig>,
+}
+
+/// Bedrock signing settings.
+#[derive(Debug)]
+pub struct AwsConfig {
+    pub region: String,
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
 }
 
 #[derive(Debug)]
@@ -91,6 +102,7 @@ pub struct DeploymentConfig {
     pub model: String,
     pub azure_deployment: Option<String>,
     pub weight: u32,
+    pub price: Option<Price>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -413,9 +425,30 @@ fn provider_config(
         },
         None => None,
     };
+    let aws = match raw.kind {
+        ProviderKind::Bedrock => aws_config(name, &raw, env, problems),
+        _ => {
+            for (key, value) in [
+                ("aws_region", &raw.aws_region),
+                ("aws_access_key_id", &raw.aws_access_key_id),
+                ("aws_secret_access_key", &raw.aws_secret_access_key),
+                ("aws_session_token", &raw.aws_session_token),
+            ] {
+                if value.is_some() {
+                    problems.push(at(key), "AWS settings apply only to kind bedrock", "remove it");
+                }
+            }
+            None
+        }
+    };
     let base_url = match (raw.kind, raw.base_url.as_deref(), preset) {
         (_, Some(url), _) => url.trim_end_matches('/').to_string(),
         (ProviderKind::Openai, None, _) => "https://api.openai.com/v1".to_string(),
+        (ProviderKind::Anthropic, None, _) => "https://api.anthropic.com/v1".to_string(),
+        (ProviderKind::Gemini, None, _) => "https://generativelanguage.googleapis.com/v1beta".to_string(),
+        (ProviderKind::Bedrock, None, _) => {
+            format!("https://bedrock-runtime.{}.amazonaws.com", aws.as_ref().map_or("us-east-1", |a| a.region.as_str()))
+        }
         (ProviderKind::OpenaiCompatible, None, Some(preset)) => preset.base_url.clone(),
         (ProviderKind::Mock, None, _) => String::new(),
         (ProviderKind::AzureOpenai, None, _) => {
@@ -454,7 +487,12 @@ fn provider_config(
             format!("export {var} or set api_key"),
         );
     }
-    if api_key.is_none() && matches!(raw.kind, ProviderKind::Openai | ProviderKind::AzureOpenai) {
+    if api_key.is_none()
+        && matches!(
+            raw.kind,
+            ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::Anthropic | ProviderKind::Gemini
+        )
+    {
         problems.push(
             at("api_key"),
             "this provider needs an API key",
@@ -463,9 +501,10 @@ fn provider_config(
     }
     let api_version = match raw.kind {
         ProviderKind::AzureOpenai => Some(raw.api_version.unwrap_or_else(|| "2024-10-21".to_string())),
+        ProviderKind::Anthropic => Some(raw.api_version.unwrap_or_else(|| "2023-06-01".to_string())),
         _ => {
             if raw.api_version.is_some() {
-                problems.push(at("api_version"), "api_version applies only to azure_openai", "remove it");
+                problems.push(at("api_version"), "api_version applies only to azure_openai and anthropic", "remove it");
             }
             None
         }
@@ -491,6 +530,41 @@ fn provider_config(
         headers,
         region: raw.region,
         stream_usage: preset.map(|p| p.stream_usage).unwrap_or(true),
+        aws,
+    })
+}
+
+fn aws_config(
+    name: &str,
+    raw: &RawProvider,
+    env: &dyn Fn(&str) -> Option<String>,
+    problems: &mut Problems,
+) -> Option<AwsConfig> {
+    let at = |key: &str| format!("providers.{name}.{key}");
+    let from = |value: &Option<String>, var: &str| value.clone().filter(|v| !v.is_empty()).or_else(|| env(var));
+    let region = from(&raw.aws_region, "AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION"));
+    let access = from(&raw.aws_access_key_id, "AWS_ACCESS_KEY_ID");
+    let secret = from(&raw.aws_secret_access_key, "AWS_SECRET_ACCESS_KEY");
+    let token = from(&raw.aws_session_token, "AWS_SESSION_TOKEN");
+    if region.is_none() {
+        problems.push(
+            at("aws_region"),
+            "Bedrock needs an AWS region",
+            "set aws_region: us-east-1 (or export AWS_REGION)",
+        );
+    }
+    if access.is_none() || secret.is_none() {
+        problems.push(
+            at("aws_access_key_id"),
+            "Bedrock needs AWS credentials",
+            "set aws_access_key_id and aws_secret_access_key (or export AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)",
+        );
+    }
+    Some(AwsConfig {
+        region: region?,
+        access_key_id: Secret::new(access?),
+        secret_access_key: Secret::new(secret?),
+        session_token: token.map(Secret::new),
     })
 }
 
@@ -545,6 +619,7 @@ fn model_config(
             model: d.model,
             azure_deployment: d.deployment,
             weight: d.weight.unwrap_or(1),
+            price: d.price,
         });
     }
     let mut timeouts = Timeouts::default();

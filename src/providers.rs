@@ -2,6 +2,7 @@
 //! canonical (OpenAI-shaped) request to its wire format, sends it over a pooled client, and
 //! translates the answer back into OpenAI JSON bytes or a stream of OpenAI chunks.
 
+pub mod anthropic;
 pub mod eventstream;
 pub mod mock;
 pub mod openai;
@@ -71,6 +72,7 @@ pub struct Provider {
 #[derive(Debug)]
 enum Adapter {
     OpenAi(openai::OpenAi),
+    Anthropic(anthropic::Anthropic),
     Mock,
 }
 
@@ -91,6 +93,13 @@ impl Provider {
             ProviderKind::Openai | ProviderKind::AzureOpenai | ProviderKind::OpenaiCompatible => {
                 Adapter::OpenAi(openai::OpenAi::new(&config)?)
             }
+            ProviderKind::Anthropic => Adapter::Anthropic(anthropic::Anthropic::new(&config)?),
+            ProviderKind::Gemini | ProviderKind::Bedrock => {
+                return Err(GatewayError::internal(format!(
+                    "provider kind {:?} is not available in this build",
+                    config.kind
+                )));
+            }
             ProviderKind::Mock => Adapter::Mock,
         };
         Ok(Self { config, adapter })
@@ -110,6 +119,7 @@ impl Target {
     ) -> Result<Self, GatewayError> {
         let (chat_url, embeddings_url) = match &provider.adapter {
             Adapter::OpenAi(adapter) => adapter.urls(&provider.config, deployment),
+            Adapter::Anthropic(_) => (anthropic::Anthropic::url(&provider.config), String::new()),
             Adapter::Mock => (String::new(), String::new()),
         };
         Ok(Self {
@@ -134,6 +144,9 @@ impl Target {
             Adapter::OpenAi(adapter) => {
                 adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
             }
+            Adapter::Anthropic(adapter) => {
+                adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
+            }
             Adapter::Mock => Ok(mock_chat(req, &self.upstream_model)),
         }
     }
@@ -149,6 +162,10 @@ impl Target {
             Adapter::OpenAi(adapter) => {
                 adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
             }
+            Adapter::Anthropic(_) => Err(GatewayError::Unsupported {
+                provider: self.provider.name().to_string(),
+                feature: "embeddings (Anthropic has no embeddings API)".into(),
+            }),
             Adapter::Mock => {
                 let body = mock::embeddings(req, &self.upstream_model);
                 let usage = body.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());

@@ -62,6 +62,9 @@ pub enum ProviderKind {
     Openai,
     AzureOpenai,
     OpenaiCompatible,
+    Anthropic,
+    Gemini,
+    Bedrock,
     Mock,
 }
 
@@ -73,8 +76,14 @@ pub struct RawProvider {
     pub base_url: Option<String>,
     /// OpenAI-compatible vendor preset (`ollama`, `vllm`, `groq`, …); see `presets.yaml`.
     pub preset: Option<String>,
-    /// Azure OpenAI `api-version` query parameter.
+    /// Azure OpenAI `api-version` query parameter, or Anthropic's `anthropic-version` header.
     pub api_version: Option<String>,
+    /// Bedrock: the AWS region, e.g. `us-east-1`.
+    pub aws_region: Option<String>,
+    /// Bedrock credentials; default to AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN.
+    pub aws_access_key_id: Option<String>,
+    pub aws_secret_access_key: Option<String>,
+    pub aws_session_token: Option<String>,
     /// Extra headers sent with every upstream request.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -100,6 +109,18 @@ pub struct RawDeployment {
     /// Azure deployment name; defaults to `model`.
     pub deployment: Option<String>,
     pub weight: Option<u32>,
+    /// Overrides the built-in price table for this deployment.
+    pub price: Option<RawPrice>,
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPrice {
+    pub input_per_mtok: f64,
+    pub output_per_mtok: f64,
+    pub cached_input_per_mtok: Option<f64>,
+    pub cache_write_per_mtok: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
