@@ -44,7 +44,7 @@ impl Decoder {
         if crc32fast::hash(&self.buf[..8]) != prelude_crc {
             return Err("event stream prelude checksum mismatch".into());
         }
-        if total < MIN_MESSAGE || total > MAX_EVENT_BYTES || headers_len > total - MIN_MESSAGE {
+        if !(MIN_MESSAGE..=MAX_EVENT_BYTES).contains(&total) || headers_len > total - MIN_MESSAGE {
             return Err(format!("event stream message has impossible lengths (total {total}, headers {headers_len})"));
         }
         if self.buf.len() < total {
