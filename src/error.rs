@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderName, HeaderValue, StatusCode, header};
 use serde::Serialize;
 
 /// Who caused a failure: decides blame in logs and metrics.
@@ -34,8 +34,10 @@ pub enum GatewayError {
     UpstreamRateLimited { provider: String, retry_after: Option<String>, message: String },
     #[error("provider `{provider}` failed with HTTP {status}: {message}")]
     UpstreamServerError { provider: String, status: u16, message: String },
+    /// The upstream's own `code` and `param` are kept so clients can act on them
+    /// (e.g. `context_length_exceeded`).
     #[error("provider `{provider}` rejected the request (HTTP {status}): {message}")]
-    UpstreamRejected { provider: String, status: u16, message: String },
+    UpstreamRejected { provider: String, status: u16, message: String, code: Option<String>, param: Option<String> },
     #[error(
         "provider `{provider}` rejected the gateway's credential (HTTP {status}); the gateway operator must fix the provider key"
     )]
@@ -167,8 +169,9 @@ impl GatewayError {
         }
     }
 
-    fn code(&self) -> Option<&'static str> {
+    fn code(&self) -> Option<&str> {
         match self {
+            Self::UpstreamRejected { code, .. } => code.as_deref(),
             Self::ModelNotFound { .. } => Some("model_not_found"),
             Self::UpstreamRateLimited { .. } => Some("rate_limit_exceeded"),
             Self::Unauthorized { .. } => Some("invalid_api_key"),
@@ -182,7 +185,7 @@ impl GatewayError {
 
     fn param(&self) -> Option<&str> {
         match self {
-            Self::InvalidRequest { param, .. } => param.as_deref(),
+            Self::InvalidRequest { param, .. } | Self::UpstreamRejected { param, .. } => param.as_deref(),
             Self::ModelNotFound { .. } => Some("model"),
             _ => None,
         }
@@ -227,6 +230,11 @@ impl IntoResponse for GatewayError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Some(value) = self.retry_after().and_then(|v| HeaderValue::from_str(v).ok()) {
             headers.insert(header::RETRY_AFTER, value);
+        }
+        // OpenAI's SDKs retry 429 and 5xx unless told otherwise; say when a retry cannot help.
+        if self.status().as_u16() == 429 || self.status().is_server_error() {
+            let retry = if self.is_retryable() { "true" } else { "false" };
+            headers.insert(HeaderName::from_static("x-should-retry"), HeaderValue::from_static(retry));
         }
         response.extensions_mut().insert(ErrorKind(self.kind()));
         response

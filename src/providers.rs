@@ -235,15 +235,38 @@ pub fn error_from_status(
     body: &[u8],
 ) -> GatewayError {
     let name = provider.name.clone();
-    let mut message = upstream_message(body);
-    if let Some(key) = provider.api_key.as_ref().map(|k| k.expose()).filter(|k| !k.is_empty()) {
-        message = message.replace(key, "***");
-    }
+    let details = UpstreamErrorBody::parse(body, provider);
     match status {
-        429 => GatewayError::UpstreamRateLimited { provider: name, retry_after, message },
+        429 => GatewayError::UpstreamRateLimited { provider: name, retry_after, message: details.message },
         401 | 403 => GatewayError::UpstreamAuth { provider: name, status },
-        400 | 413 | 422 => GatewayError::UpstreamRejected { provider: name, status, message },
-        _ => GatewayError::UpstreamServerError { provider: name, status, message },
+        400 | 413 | 422 => GatewayError::UpstreamRejected {
+            provider: name,
+            status,
+            message: details.message,
+            code: details.code,
+            param: details.param,
+        },
+        _ => GatewayError::UpstreamServerError { provider: name, status, message: details.message },
+    }
+}
+
+/// The useful parts of an upstream error body, with the provider's credential scrubbed.
+pub struct UpstreamErrorBody {
+    pub message: String,
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
+impl UpstreamErrorBody {
+    pub fn parse(body: &[u8], provider: &ProviderConfig) -> Self {
+        let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let error = parsed.as_ref().map(|v| v.get("error").filter(|e| e.is_object()).unwrap_or(v));
+        let field = |name: &str| error.and_then(|e| e.get(name)).and_then(|v| v.as_str()).map(str::to_string);
+        let mut message = upstream_message(body);
+        if let Some(key) = provider.api_key.as_ref().map(|k| k.expose()).filter(|k| !k.is_empty()) {
+            message = message.replace(key, "***");
+        }
+        Self { message, code: field("code"), param: field("param") }
     }
 }
 

@@ -157,6 +157,7 @@ async fn upstream_credential_rejection_is_502_without_leaking_the_key() {
     });
     let response = h.post("/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-should-retry"], "false", "retrying cannot fix the gateway's credential");
     let text = response.text().await.unwrap();
     assert!(text.contains("rejected the gateway's credential"), "{text}");
     assert!(!text.contains(PROVIDER_KEY));
@@ -167,14 +168,19 @@ async fn upstream_400_passes_through_with_its_message() {
     let h = Harness::start().await;
     h.upstream.push_fault(Fault::Status {
         status: 400,
-        body: json!({"error": {"message": format!("Invalid 'max_tokens' (key {PROVIDER_KEY})")}}).to_string(),
+        body: json!({"error": {"message": format!("This model's maximum context length is 128000 tokens (key {PROVIDER_KEY})"),
+            "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}})
+        .to_string(),
         headers: vec![],
     });
     let response = h.post("/v1/chat/completions", chat(false)).await;
     assert_eq!(response.status(), 400);
     let text = response.text().await.unwrap();
-    assert!(text.contains("Invalid 'max_tokens'"), "{text}");
+    assert!(text.contains("maximum context length"), "{text}");
     assert!(!text.contains(PROVIDER_KEY), "{text}");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(body["error"]["param"], "messages");
 }
 
 #[tokio::test]

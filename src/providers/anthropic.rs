@@ -640,7 +640,9 @@ fn stream_error(provider: &str, kind: &str, message: String) -> GatewayError {
     match kind {
         "rate_limit_error" => GatewayError::UpstreamRateLimited { provider, retry_after: None, message },
         "overloaded_error" => GatewayError::UpstreamServerError { provider, status: 529, message },
-        "invalid_request_error" => GatewayError::UpstreamRejected { provider, status: 400, message },
+        "invalid_request_error" => {
+            GatewayError::UpstreamRejected { provider, status: 400, message, code: None, param: None }
+        }
         "authentication_error" | "permission_error" => GatewayError::UpstreamAuth { provider, status: 401 },
         _ => GatewayError::UpstreamServerError { provider, status: 500, message },
     }
