@@ -40,6 +40,10 @@ enum Command {
         /// Bytes per streamed write; 0 sends one event per write.
         #[arg(long, default_value_t = 0)]
         split: usize,
+        /// Milliseconds to pause before each streamed event; each JSON event then carries its send
+        /// time as `"x_mock_sent_ns"` (Unix ns), to measure forwarding delay. 0 = no pauses.
+        #[arg(long, default_value_t = 0.0)]
+        chunk_interval_ms: f64,
     },
 }
 
@@ -50,10 +54,13 @@ fn main() -> ExitCode {
         Command::Check { files } => check(&files),
         Command::Serve { config, listen } => run(serve(config, listen)),
         #[cfg(feature = "testkit")]
-        Command::MockUpstream { listen, split } => run(async move {
+        Command::MockUpstream { listen, split, chunk_interval_ms } => run(async move {
+            let interval = std::time::Duration::try_from_secs_f64(chunk_interval_ms / 1000.0)
+                .map_err(|e| format!("--chunk-interval-ms {chunk_interval_ms}: {e}"))?;
             let upstream = llm_gateway::testkit::MockUpstream::start_on(listen, false, split)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            upstream.set_chunk_interval(interval);
             tracing::info!("mock upstream listening on {}", upstream.base_url());
             tokio::select! {
                 _ = upstream.wait() => {}
@@ -118,13 +125,9 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Resu
     let gateway = Gateway::new(config, config_path).map_err(|e| e.to_string())?;
     gateway.set_listen(addr);
     let _watcher = reload::spawn(gateway.clone())?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(config = %source, models, "llm-gateway listening on http://{addr}");
-    server::serve(gateway, listener, shutdown_signal())
-        .await
-        .map_err(|e| format!("server failed: {e}"))
+    server::serve(gateway, listener, shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
 }
 
 async fn shutdown_signal() {

@@ -3,6 +3,7 @@
 //! translates the answer back into OpenAI JSON bytes or a stream of OpenAI chunks.
 
 pub mod anthropic;
+pub mod anthropic_inbound;
 pub mod eventstream;
 pub mod mock;
 pub mod openai;

@@ -33,6 +33,7 @@ const GW_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-gateway-overhead-m
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(messages))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
@@ -160,6 +161,19 @@ async fn chat_completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, bo
     respond(result, &mut pending)
 }
 
+async fn messages(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "messages")));
+    let snapshot = gw.snapshot();
+    let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
+        Ok(bytes) => match pending.0.as_mut() {
+            Some(record) => pipeline::messages(&snapshot, record, &headers, &bytes).await,
+            None => Err(GatewayError::internal("request record missing")),
+        },
+        Err(e) => Err(e),
+    };
+    respond_as(result, &mut pending, ErrorFormat::Anthropic)
+}
+
 async fn embeddings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
     let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "embeddings")));
     let snapshot = gw.snapshot();
@@ -193,9 +207,20 @@ async fn get_model(State(gw): State<Arc<Gateway>>, Path(id): Path<String>, heade
     respond(result, &mut pending)
 }
 
+/// Which API's error shape a route speaks.
+#[derive(Clone, Copy)]
+enum ErrorFormat {
+    OpenAi,
+    Anthropic,
+}
+
+fn respond(result: Result<Output, GatewayError>, pending: &mut Pending) -> Response {
+    respond_as(result, pending, ErrorFormat::OpenAi)
+}
+
 /// Builds the response with the enrichment headers and accounts the request (for streams, the
 /// body accounts it when the stream ends).
-fn respond(result: Result<Output, GatewayError>, pending: &mut Pending) -> Response {
+fn respond_as(result: Result<Output, GatewayError>, pending: &mut Pending, format: ErrorFormat) -> Response {
     let Some(mut record) = pending.0.take() else {
         return GatewayError::internal("request record missing").into_response();
     };
@@ -220,7 +245,15 @@ fn respond(result: Result<Output, GatewayError>, pending: &mut Pending) -> Respo
         }
         Err(error) => {
             record.error = Some(error.kind());
-            error.into_response()
+            let body = match format {
+                ErrorFormat::OpenAi => None,
+                ErrorFormat::Anthropic => Some(crate::providers::anthropic_inbound::error_json(&error).to_string()),
+            };
+            let mut response = error.into_response();
+            if let Some(body) = body {
+                *response.body_mut() = Body::from(body);
+            }
+            response
         }
     };
     enrich(response.headers_mut(), &record, overhead);

@@ -23,7 +23,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::{Model, Snapshot};
 use crate::error::GatewayError;
-use crate::providers::{CallLimits, ChatReply, ChunkStream, StreamChunk, Target};
+use crate::providers::{CallLimits, ChatReply, ChunkStream, StreamChunk, Target, anthropic_inbound};
 use crate::telemetry::{self, RequestRecord};
 use crate::types::{ChatRequest, EmbeddingsRequest};
 
@@ -40,7 +40,31 @@ pub async fn chat_completions(
     body: &[u8],
 ) -> Result<Output, GatewayError> {
     authenticate(snapshot, headers, record)?;
-    let mut req: ChatRequest = parse_json(body)?;
+    let req: ChatRequest = parse_json(body)?;
+    chat(snapshot, record, req).await
+}
+
+/// `POST /v1/messages`: the Anthropic-compatible API, served by any configured model.
+pub async fn messages(
+    snapshot: &Snapshot,
+    record: &mut RequestRecord,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Output, GatewayError> {
+    authenticate(snapshot, headers, record)?;
+    let inbound: anthropic_inbound::MessagesRequest = parse_json(body)?;
+    let req = anthropic_inbound::to_canonical(inbound)?;
+    match chat(snapshot, record, req).await? {
+        Output::Json(body) => Ok(Output::Json(anthropic_inbound::response_body(&body)?)),
+        Output::Stream(mut sse) => {
+            sse.anthropic = Some(Box::default());
+            Ok(Output::Stream(sse))
+        }
+    }
+}
+
+/// The chat steps shared by both chat APIs, from a parsed canonical request.
+async fn chat(snapshot: &Snapshot, record: &mut RequestRecord, mut req: ChatRequest) -> Result<Output, GatewayError> {
     validate_chat(&req)?;
     record.stream = req.is_stream();
     if snapshot.config.server.log_prompts {
@@ -240,6 +264,8 @@ pub struct SseBody {
     phase: Phase,
     record: Option<(RequestRecord, Duration)>,
     error: Option<GatewayError>,
+    /// Set for `/v1/messages`: re-frames the OpenAI chunks as Anthropic events.
+    pub(crate) anthropic: Option<Box<anthropic_inbound::EventWriter>>,
 }
 
 impl SseBody {
@@ -253,6 +279,7 @@ impl SseBody {
             phase: Phase::Streaming,
             record: None,
             error: None,
+            anthropic: None,
         }
     }
 
@@ -284,7 +311,14 @@ impl Stream for SseBody {
                 Phase::Finished => return Poll::Ready(None),
                 Phase::SendDone => {
                     self.phase = Phase::Finished;
-                    return Poll::Ready(Some(Ok(Bytes::from_static(DONE_EVENT))));
+                    let failed = self.error.is_some();
+                    let end = match self.anthropic.as_mut() {
+                        // After an Anthropic `error` event nothing follows.
+                        Some(_) if failed => continue,
+                        Some(writer) => writer.finish(),
+                        None => Bytes::from_static(DONE_EVENT),
+                    };
+                    return Poll::Ready(Some(Ok(end)));
                 }
                 Phase::Streaming => {}
             }
@@ -307,6 +341,21 @@ impl Stream for SseBody {
                     if let (Some(usage), Some((record, _))) = (chunk.usage, self.record.as_mut()) {
                         record.usage = Some(usage);
                     }
+                    if let Some(writer) = self.anthropic.as_mut() {
+                        match writer.chunk(&chunk.data) {
+                            Ok(events) if events.is_empty() => continue,
+                            Ok(events) => {
+                                self.reset_idle();
+                                return Poll::Ready(Some(Ok(events)));
+                            }
+                            Err(error) => {
+                                let event = writer.error(&error);
+                                self.error = Some(error);
+                                self.phase = Phase::SendDone;
+                                return Poll::Ready(Some(Ok(event)));
+                            }
+                        }
+                    }
                     if chunk.usage_only && !self.client_wants_usage {
                         continue;
                     }
@@ -314,7 +363,10 @@ impl Stream for SseBody {
                     return Poll::Ready(Some(Ok(Self::frame(&chunk.data))));
                 }
                 Some(Err(error)) => {
-                    let event = error.to_sse_event();
+                    let event = match self.anthropic.as_mut() {
+                        Some(writer) => writer.error(&error),
+                        None => error.to_sse_event(),
+                    };
                     self.error = Some(error);
                     self.phase = Phase::SendDone;
                     return Poll::Ready(Some(Ok(event)));

@@ -32,7 +32,14 @@ pub struct Replay {
 
 impl Replay {
     pub fn new(status: u16, content_type: &str, body: impl Into<Vec<u8>>) -> Self {
-        Self { status, content_type: content_type.into(), headers: Vec::new(), body: body.into(), split: 5, delay: Duration::ZERO }
+        Self {
+            status,
+            content_type: content_type.into(),
+            headers: Vec::new(),
+            body: body.into(),
+            split: 5,
+            delay: Duration::ZERO,
+        }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
@@ -95,7 +102,13 @@ impl Drop for ReplayUpstream {
     }
 }
 
-async fn handle(State(state): State<Arc<ReplayState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<ReplayState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Ok(mut requests) = state.requests.lock() {
         requests.push(Recorded {
             method,

@@ -5,9 +5,9 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::body::Body;
@@ -44,7 +44,8 @@ impl Fault {
     pub fn status(status: u16) -> Self {
         Fault::Status {
             status,
-            body: json!({"error": {"message": format!("mock upstream failure {status}"), "type": "server_error"}}).to_string(),
+            body: json!({"error": {"message": format!("mock upstream failure {status}"), "type": "server_error"}})
+                .to_string(),
             headers: Vec::new(),
         }
     }
@@ -75,6 +76,8 @@ struct MockState {
     hits: AtomicUsize,
     /// Bytes per write for streamed bodies; 0 writes one event per write.
     split: AtomicUsize,
+    /// Pause before each streamed event, in microseconds; 0 streams without pauses.
+    chunk_interval_us: AtomicU64,
 }
 
 pub struct MockUpstream {
@@ -138,6 +141,15 @@ impl MockUpstream {
         self.state.split.store(bytes, Ordering::Relaxed);
     }
 
+    /// Pauses `interval` before each streamed event and stamps every JSON event with its send
+    /// time (`"x_mock_sent_ns"`: Unix time in nanoseconds, taken right before the write), so a
+    /// client can measure how long a chunk took to reach it. Each event is its own write (the
+    /// `split` setting is ignored). Zero (the default) turns this off.
+    pub fn set_chunk_interval(&self, interval: Duration) {
+        let micros = u64::try_from(interval.as_micros()).unwrap_or(u64::MAX);
+        self.state.chunk_interval_us.store(micros, Ordering::Relaxed);
+    }
+
     /// Runs until the task is aborted (used by the `mock-upstream` command).
     pub async fn wait(mut self) {
         let _ = (&mut self.task).await;
@@ -164,7 +176,13 @@ fn json_ok(body: Vec<u8>) -> Response {
     response
 }
 
-async fn handle(State(state): State<Arc<MockState>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     state.hits.fetch_add(1, Ordering::Relaxed);
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     if state.record.load(Ordering::Relaxed)
@@ -245,6 +263,23 @@ async fn handle(State(state): State<Arc<MockState>>, method: Method, uri: Uri, h
         }
         _ => {}
     }
+    let interval = Duration::from_micros(state.chunk_interval_us.load(Ordering::Relaxed));
+    if !interval.is_zero() {
+        let body = futures_util::stream::iter(events)
+            .then(move |event| async move {
+                tokio::time::sleep(interval).await;
+                Ok::<_, std::convert::Infallible>(Bytes::from(stamp_send_time(event)))
+            })
+            .chain(futures_util::stream::once(async move {
+                if stall {
+                    std::future::pending::<()>().await;
+                }
+                Ok(Bytes::new())
+            }));
+        let mut response = Response::new(Body::from_stream(body));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+        return response;
+    }
     let split = state.split.load(Ordering::Relaxed);
     let pieces: Vec<Bytes> = if split == 0 {
         events.into_iter().map(Bytes::from).collect()
@@ -267,4 +302,18 @@ async fn handle(State(state): State<Arc<MockState>>, method: Method, uri: Uri, h
     let mut response = Response::new(Body::from_stream(body));
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     response
+}
+
+/// Adds `"x_mock_sent_ns": <now>` as the last member of a `data: {…}` event; other events are
+/// returned unchanged.
+fn stamp_send_time(event: Vec<u8>) -> Vec<u8> {
+    const TAIL: &[u8] = b"}\n\n";
+    if !event.starts_with(b"data: {") || !event.ends_with(TAIL) {
+        return event;
+    }
+    let sent = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mut out = event;
+    out.truncate(out.len() - TAIL.len());
+    out.extend_from_slice(format!(",\"x_mock_sent_ns\":{sent}}}\n\n").as_bytes());
+    out
 }
