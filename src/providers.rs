@@ -4,7 +4,9 @@
 
 pub mod anthropic;
 pub mod anthropic_inbound;
+pub mod bedrock;
 pub mod eventstream;
+pub mod gemini;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -74,6 +76,8 @@ pub struct Provider {
 enum Adapter {
     OpenAi(openai::OpenAi),
     Anthropic(anthropic::Anthropic),
+    Gemini(gemini::Gemini),
+    Bedrock(bedrock::Bedrock),
     Mock,
 }
 
@@ -121,6 +125,14 @@ impl Target {
         let (chat_url, embeddings_url) = match &provider.adapter {
             Adapter::OpenAi(adapter) => adapter.urls(&provider.config, deployment),
             Adapter::Anthropic(_) => (anthropic::Anthropic::url(&provider.config), String::new()),
+            Adapter::Gemini(_) => {
+                let endpoint = gemini::Gemini::endpoint(&provider.config, deployment);
+                (endpoint.clone(), endpoint)
+            }
+            Adapter::Bedrock(_) => {
+                let endpoint = bedrock::Bedrock::endpoint(&provider.config, deployment);
+                (endpoint.clone(), endpoint)
+            }
             Adapter::Mock => (String::new(), String::new()),
         };
         Ok(Self {
@@ -148,6 +160,8 @@ impl Target {
             Adapter::Anthropic(adapter) => {
                 adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
             }
+            Adapter::Gemini(adapter) => adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await,
+            Adapter::Bedrock(adapter) => adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await,
             Adapter::Mock => Ok(mock_chat(req, &self.upstream_model)),
         }
     }
@@ -161,6 +175,12 @@ impl Target {
         req.model.push_str(&self.upstream_model);
         match &self.provider.adapter {
             Adapter::OpenAi(adapter) => {
+                adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
+            }
+            Adapter::Gemini(adapter) => {
+                adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
+            }
+            Adapter::Bedrock(adapter) => {
                 adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
             }
             Adapter::Anthropic(_) => Err(GatewayError::Unsupported {
