@@ -99,12 +99,8 @@ impl Provider {
                 Adapter::OpenAi(openai::OpenAi::new(&config)?)
             }
             ProviderKind::Anthropic => Adapter::Anthropic(anthropic::Anthropic::new(&config)?),
-            ProviderKind::Gemini | ProviderKind::Bedrock => {
-                return Err(GatewayError::internal(format!(
-                    "provider kind {:?} is not available in this build",
-                    config.kind
-                )));
-            }
+            ProviderKind::Gemini => Adapter::Gemini(gemini::Gemini::new(&config)?),
+            ProviderKind::Bedrock => Adapter::Bedrock(bedrock::Bedrock::new(&config)?),
             ProviderKind::Mock => Adapter::Mock,
         };
         Ok(Self { config, adapter })
@@ -160,8 +156,12 @@ impl Target {
             Adapter::Anthropic(adapter) => {
                 adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
             }
-            Adapter::Gemini(adapter) => adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await,
-            Adapter::Bedrock(adapter) => adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await,
+            Adapter::Gemini(adapter) => {
+                adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
+            }
+            Adapter::Bedrock(adapter) => {
+                adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
+            }
             Adapter::Mock => Ok(mock_chat(req, &self.upstream_model)),
         }
     }
