@@ -87,6 +87,8 @@ pub struct Target {
     pub provider: Arc<Provider>,
     pub upstream_model: Arc<str>,
     pub weight: u32,
+    /// From the deployment's `price:` or the built-in table; `None` when unknown.
+    pub price: Option<crate::telemetry::cost::Price>,
     chat_url: String,
     embeddings_url: String,
     client: reqwest::Client,
@@ -134,6 +136,11 @@ impl Target {
         Ok(Self {
             upstream_model: Arc::from(deployment.model.as_str()),
             weight: deployment.weight,
+            price: deployment
+                .price
+                .as_ref()
+                .map(crate::telemetry::cost::Price::from)
+                .or_else(|| crate::telemetry::cost::builtin_price(&deployment.model)),
             chat_url,
             embeddings_url,
             client: clients.client(model.timeouts.connect)?,

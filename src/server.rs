@@ -29,6 +29,7 @@ const GW_PROVIDER: HeaderName = HeaderName::from_static("x-gateway-provider");
 const GW_UPSTREAM_MODEL: HeaderName = HeaderName::from_static("x-gateway-upstream-model");
 const GW_UPSTREAM_MS: HeaderName = HeaderName::from_static("x-gateway-upstream-ms");
 const GW_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-gateway-overhead-ms");
+const GW_COST_USD: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -281,6 +282,12 @@ fn enrich(headers: &mut HeaderMap, record: &RequestRecord, overhead: Duration) {
         headers.insert(GW_UPSTREAM_MS, millis(record.upstream_time));
     }
     headers.insert(GW_OVERHEAD_MS, millis(overhead));
+    // Streams send headers before usage is known; their cost is in the log line and metrics.
+    if let Some(cost) = record.cost_usd()
+        && let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}"))
+    {
+        headers.insert(GW_COST_USD, v);
+    }
 }
 
 fn millis(d: Duration) -> HeaderValue {

@@ -2,6 +2,8 @@
 //! line and the metrics together. Labels are low-cardinality: configured model and provider
 //! names, endpoints, status codes and error kinds, never keys or prompts.
 
+pub mod cost;
+
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -17,6 +19,8 @@ pub const OVERHEAD_DURATION: &str = "gateway_overhead_seconds";
 pub const TOKENS_TOTAL: &str = "gateway_tokens_total";
 pub const UPSTREAM_ERRORS_TOTAL: &str = "gateway_upstream_errors_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
+/// A running total in USD (a gauge, since Prometheus counters in `metrics` are integers).
+pub const COST_USD_TOTAL: &str = "gateway_cost_usd_total";
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -55,6 +59,8 @@ pub struct RequestRecord {
     pub usage: Option<Usage>,
     pub error: Option<&'static str>,
     pub prompt_excerpt: Option<String>,
+    /// The chosen deployment's price, when known.
+    pub price: Option<cost::Price>,
 }
 
 impl RequestRecord {
@@ -72,7 +78,13 @@ impl RequestRecord {
             usage: None,
             error: None,
             prompt_excerpt: None,
+            price: None,
         }
+    }
+
+    /// USD for the usage so far, when both usage and a price are known.
+    pub fn cost_usd(&self) -> Option<f64> {
+        Some(self.price?.cost(self.usage.as_ref()?))
     }
 
     /// Gateway time so far that was not spent waiting on the upstream.
@@ -95,6 +107,10 @@ impl RequestRecord {
             metrics::histogram!(UPSTREAM_DURATION, "model" => model.clone(), "provider" => provider.clone())
                 .record(self.upstream_time.as_secs_f64());
         }
+        let cost = self.cost_usd();
+        if let Some(cost) = cost {
+            metrics::gauge!(COST_USD_TOTAL, "model" => model.clone(), "provider" => provider.clone()).increment(cost);
+        }
         if let Some(usage) = self.usage {
             metrics::counter!(TOKENS_TOTAL, "model" => model.clone(), "provider" => provider.clone(), "type" => "prompt")
                 .increment(usage.prompt_tokens);
@@ -115,6 +131,8 @@ impl RequestRecord {
             error = self.error.unwrap_or("-"),
             prompt_tokens = self.usage.map_or(0, |u| u.prompt_tokens),
             completion_tokens = self.usage.map_or(0, |u| u.completion_tokens),
+            cached_tokens = self.usage.map_or(0, |u| u.cached_tokens()),
+            cost_usd = cost,
             upstream_ms = self.upstream_time.as_secs_f64() * 1000.0,
             overhead_ms = overhead.as_secs_f64() * 1000.0,
             total_ms = total.as_secs_f64() * 1000.0,

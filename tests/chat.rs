@@ -225,3 +225,39 @@ async fn health_readiness_and_metrics() {
         assert!(metrics.contains(needle), "missing {needle} in:\n{metrics}");
     }
 }
+
+#[tokio::test]
+async fn every_response_says_what_it_cost() {
+    let h = Harness::start_with(
+        "  priced:\n    deployments: [ { provider: openai, model: my-finetune, price: { input_per_mtok: 1000, output_per_mtok: 2000 } } ]\n",
+    )
+    .await;
+    // Built-in table: gpt-4o-mini is $0.15 in / $0.60 out per million tokens.
+    let response = h
+        .post("/v1/chat/completions", json!({"model": "gpt", "messages": [{"role": "user", "content": "price me"}]}))
+        .await;
+    let cost: f64 = response.headers()["x-gateway-cost-usd"].to_str().unwrap().parse().unwrap();
+    let body: Value = response.json().await.unwrap();
+    let (p, c) =
+        (body["usage"]["prompt_tokens"].as_f64().unwrap(), body["usage"]["completion_tokens"].as_f64().unwrap());
+    assert!((cost - (p * 0.15 + c * 0.60) / 1e6).abs() < 1e-8, "{cost}");
+
+    // A deployment's own price overrides the table.
+    let response = h
+        .post("/v1/chat/completions", json!({"model": "priced", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    let cost: f64 = response.headers()["x-gateway-cost-usd"].to_str().unwrap().parse().unwrap();
+    let body: Value = response.json().await.unwrap();
+    let (p, c) =
+        (body["usage"]["prompt_tokens"].as_f64().unwrap(), body["usage"]["completion_tokens"].as_f64().unwrap());
+    assert!((cost - (p * 1000.0 + c * 2000.0) / 1e6).abs() < 1e-8, "{cost}");
+
+    // An unknown model has no price, so no header rather than a wrong one.
+    let response = h
+        .post("/v1/chat/completions", json!({"model": "offline", "messages": [{"role": "user", "content": "x"}]}))
+        .await;
+    assert!(response.headers().get("x-gateway-cost-usd").is_none());
+
+    let metrics = h.http.get(h.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gateway_cost_usd_total{model=\"priced\",provider=\"openai\"}"), "{metrics}");
+}

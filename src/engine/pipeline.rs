@@ -226,6 +226,7 @@ fn plan<'m>(model: &'m Model, record: &mut RequestRecord) -> Result<&'m Target, 
         .ok_or_else(|| GatewayError::internal(format!("model {} has no deployments", model.name)))?;
     record.provider = Some(Arc::from(target.provider_name()));
     record.upstream_model = Some(target.upstream_model.clone());
+    record.price = target.price;
     Ok(target)
 }
 
