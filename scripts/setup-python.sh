@@ -22,4 +22,4 @@ fi
 
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --requirement "$requirements" \
     || fail "pip install -r $requirements into $venv failed"
-"$venv/bin/python" -c 'import openai' || fail "openai does not import from $venv"
+"$venv/bin/python" -c 'import openai, anthropic' || fail "openai or anthropic does not import from $venv"

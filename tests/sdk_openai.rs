@@ -2,101 +2,20 @@
 //! streamed with usage, tool round trips), embeddings, models and the error classes the SDK maps
 //! statuses to. The checks live in `tests/sdk/test_openai_sdk.py`; this test starts the servers,
 //! runs the script and then checks what the upstream was sent.
-//!
-//! Python comes from `LLM_GATEWAY_TEST_PYTHON`, else `.venv/bin/python` (made by
-//! `scripts/setup-python.sh`). Without a Python that imports `openai` the test is skipped, or
-//! fails when `CI` is set.
+//! See `tests/common/python.rs` for how the interpreter is found.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
-
-use common::{CLIENT_KEY, Harness, PROVIDER_KEY};
+use common::{CLIENT_KEY, Harness, PROVIDER_KEY, python};
 use llm_gateway::testkit::{Fault, Recorded};
 use serde_json::{Value, json};
 
 const SCRIPT: &str = "tests/sdk/test_openai_sdk.py";
-const SETUP: &str = "scripts/setup-python.sh";
 const RETRY_AFTER: &str = "7";
-const SCRIPT_TIME_LIMIT: Duration = Duration::from_secs(180);
 /// Must match the script's prompts.
 const PROMPT: &str = "hello from the python sdk";
 const TOOL_RESULT: &str = "18C and sunny";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The interpreter to use, or why there is none.
-fn find_python() -> Result<PathBuf, String> {
-    let python = match std::env::var_os("LLM_GATEWAY_TEST_PYTHON").filter(|v| !v.is_empty()) {
-        Some(p) => PathBuf::from(p),
-        None => repo().join(".venv/bin/python"),
-    };
-    if !python.exists() {
-        return Err(format!("no Python interpreter at {}", python.display()));
-    }
-    let probe = Command::new(&python)
-        .args(["-c", "import openai, sys; sys.stdout.write(openai.__version__)"])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !probe.status.success() {
-        let stderr = String::from_utf8_lossy(&probe.stderr);
-        let why = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output");
-        return Err(format!("`import openai` fails with {}: {}", python.display(), why.trim()));
-    }
-    eprintln!("sdk_openai: {} (openai {})", python.display(), String::from_utf8_lossy(&probe.stdout));
-    Ok(python)
-}
-
-struct Run {
-    status: Option<std::process::ExitStatus>,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the script to completion (killing it after [`SCRIPT_TIME_LIMIT`]), capturing its output.
-fn run_script(python: &Path, envs: &[(&str, String)]) -> Run {
-    let mut child = Command::new(python)
-        .arg(repo().join(SCRIPT))
-        .current_dir(repo())
-        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", python.display()));
-    let drain = |mut pipe: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let stdout = drain(Box::new(child.stdout.take().unwrap()));
-    let stderr = drain(Box::new(child.stderr.take().unwrap()));
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if started.elapsed() > SCRIPT_TIME_LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Run { status, stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
-}
 
 fn user_text(request: &Recorded) -> Option<&str> {
     request.body["messages"].as_array()?.last()?["content"].as_str()
@@ -108,16 +27,7 @@ fn describe(requests: &[Recorded]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openai_python_sdk_round_trips_through_the_gateway() {
-    let python = match find_python() {
-        Ok(python) => python,
-        Err(why) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
-            panic!("{why}; CI needs the Python SDK: run `{SETUP}` first")
-        }
-        Err(why) => {
-            eprintln!("sdk_openai skipped: {why}; run `{SETUP}` to enable this test");
-            return;
-        }
-    };
+    let Some(python) = python::python_or_skip("sdk_openai", &["openai"]) else { return };
 
     let h = Harness::start().await;
     // The script's first two requests that reach the upstream consume these, in order.
@@ -132,13 +42,8 @@ async fn openai_python_sdk_round_trips_through_the_gateway() {
         ("LLM_GATEWAY_MODELS", "gpt,embed,azure-gpt,no-stream-usage,offline".to_string()),
         ("LLM_GATEWAY_RETRY_AFTER", RETRY_AFTER.to_string()),
     ];
-    let run = tokio::task::spawn_blocking(move || run_script(&python, &envs)).await.unwrap();
-    let output = format!("--- stdout ---\n{}--- stderr ---\n{}", run.stdout, run.stderr);
-    match run.status {
-        None => panic!("{SCRIPT} ran longer than {SCRIPT_TIME_LIMIT:?} and was killed\n{output}"),
-        Some(status) if !status.success() => panic!("{SCRIPT} failed ({status})\n{output}"),
-        Some(_) => println!("{output}"),
-    }
+    let output = tokio::task::spawn_blocking(move || python::run_script(&python, SCRIPT, &envs)).await.unwrap();
+    println!("{output}");
 
     // What the upstream was sent, in the script's order.
     let requests = h.upstream.requests();

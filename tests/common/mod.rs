@@ -1,6 +1,8 @@
 //! Shared harness: a mock OpenAI upstream and the real gateway server on port 0.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod python;
+
 use std::net::SocketAddr;
 
 use llm_gateway::Gateway;
