@@ -649,6 +649,9 @@ fn stream_error(provider: &str, kind: &str, message: String) -> GatewayError {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
