@@ -76,6 +76,8 @@ pub struct ProviderConfig {
     pub region: Option<String>,
     /// Whether the upstream honours `stream_options.include_usage`.
     pub stream_usage: bool,
+    /// The upstream knows `max_tokens` but not `max_completion_tokens` (renamed on the way out).
+    pub max_tokens_only: bool,
     pub aws: Option<AwsConfig>,
 }
 
@@ -305,6 +307,8 @@ struct Preset {
     base_url: String,
     api_key_env: Option<String>,
     stream_usage: bool,
+    #[serde(default)]
+    max_tokens_only: bool,
 }
 
 fn presets() -> BTreeMap<String, Preset> {
@@ -530,6 +534,7 @@ fn provider_config(
         headers,
         region: raw.region,
         stream_usage: preset.map(|p| p.stream_usage).unwrap_or(true),
+        max_tokens_only: preset.is_some_and(|p| p.max_tokens_only),
         aws,
     })
 }

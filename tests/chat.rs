@@ -108,15 +108,20 @@ async fn asks_upstream_for_usage_but_hides_it_from_clients_that_did_not() {
     let seen = h.upstream.last_request().unwrap();
     assert_eq!(seen.body["stream_options"]["include_usage"], true);
 
-    // A preset whose server ignores include_usage is not sent the option.
+    // A preset whose server ignores include_usage is not sent the option, and a preset that only
+    // knows `max_tokens` gets `max_completion_tokens` renamed (both quirks are data in presets.yaml).
     let response = h
         .post(
             "/v1/chat/completions",
-            json!({"model": "no-stream-usage", "stream": true, "messages": [{"role": "user", "content": "x"}]}),
+            json!({"model": "no-stream-usage", "stream": true, "max_completion_tokens": 77,
+                   "messages": [{"role": "user", "content": "x"}]}),
         )
         .await;
     assert_eq!(sse_events(response).await.last().unwrap(), "[DONE]");
-    assert!(h.upstream.last_request().unwrap().body.get("stream_options").is_none());
+    let seen = h.upstream.last_request().unwrap();
+    assert!(seen.body.get("stream_options").is_none());
+    assert_eq!(seen.body["max_tokens"], 77);
+    assert!(seen.body.get("max_completion_tokens").is_none());
 }
 
 fn weather_tool() -> Value {

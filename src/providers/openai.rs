@@ -80,6 +80,11 @@ impl OpenAi {
             // chunk again when the client did not ask for it.
             req.stream_options.get_or_insert_with(StreamOptions::default).include_usage = Some(true);
         }
+        if config.max_tokens_only
+            && let Some(limit) = req.max_completion_tokens.take()
+        {
+            req.max_tokens = Some(req.max_tokens.map_or(limit, |m| m.min(limit)));
+        }
         let body =
             serde_json::to_vec(req).map_err(|e| GatewayError::internal(format!("cannot encode request: {e}")))?;
         let response = self.send(client, url, config, body, limits).await?;
@@ -232,5 +237,31 @@ mod tests {
             translate_event("p", &event(r#"{"error":{"message":"overloaded"}}"#)),
             Err(GatewayError::UpstreamServerError { .. })
         ));
+    }
+
+    proptest::proptest! {
+        /// Arbitrary bytes through the SSE decoder and the pass-through translator: errors are
+        /// fine, panics are not.
+        #[test]
+        fn arbitrary_stream_bytes_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000),
+            cut in 0usize..2000,
+        ) {
+            let mut decoder = SseDecoder::new();
+            let mut translator = PassThrough { provider: "p".into() };
+            let mut out = VecDeque::new();
+            let cut = cut.min(bytes.len());
+            for part in [&bytes[..cut], &bytes[cut..]] {
+                decoder.push(part);
+                while let Some(event) = decoder.next_event() {
+                    if translator.event(&event, &mut out).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if let Some(event) = decoder.finish() {
+                let _ = translator.event(&event, &mut out);
+            }
+        }
     }
 }
