@@ -95,18 +95,25 @@ fn run(future: impl std::future::Future<Output = Result<(), String>>) -> ExitCod
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
+    let clients = llm_gateway::providers::ClientCache::default();
     let mut failed = false;
     for file in files {
-        match Config::load(file) {
-            Ok(config) => println!(
-                "{}: ok ({} providers, {} models)",
-                file.display(),
-                config.providers.len(),
-                config.models.len()
-            ),
+        let config = match Config::load(file) {
+            Ok(config) => config,
             Err(e) => {
                 failed = true;
                 eprintln!("{e}");
+                continue;
+            }
+        };
+        let (providers, models) = (config.providers.len(), config.models.len());
+        // Also build what `serve` would build (adapters, URLs, clients) without contacting anyone.
+        let built = llm_gateway::engine::Snapshot::build(config, &clients);
+        match built {
+            Ok(_) => println!("{}: ok ({providers} providers, {models} models)", file.display()),
+            Err(e) => {
+                failed = true;
+                eprintln!("{}: {e}", file.display());
             }
         }
     }

@@ -26,6 +26,10 @@ const EXAMPLE_ENV: &[(&str, &str)] = &[
     ("GROQ_API_KEY", "gsk-dummy"),
     ("MISTRAL_API_KEY", "mistral-dummy"),
     ("DEEPSEEK_API_KEY", "deepseek-dummy"),
+    ("ANTHROPIC_API_KEY", "sk-ant-dummy"),
+    ("GEMINI_API_KEY", "gemini-dummy"),
+    ("AWS_ACCESS_KEY_ID", "AKIDDUMMY"),
+    ("AWS_SECRET_ACCESS_KEY", "aws-secret-dummy"),
 ];
 
 #[test]
