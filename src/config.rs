@@ -15,9 +15,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_json::Value;
 
-pub use raw::ProviderKind;
 pub use raw::RawPrice as Price;
-use raw::{RawConfig, RawModel, RawProvider, SizeValue};
+pub use raw::{ErrorClass, ProviderKind, Strategy, StreamFailover};
+use raw::{RawConfig, RawFallback, RawModel, RawProvider, SizeValue};
 
 pub const DEMO_CONFIG: &str = include_str!("config/demo.yaml");
 const PRESETS: &str = include_str!("config/presets.yaml");
@@ -96,7 +96,119 @@ pub struct ModelConfig {
     pub description: Option<String>,
     pub deployments: Vec<DeploymentConfig>,
     pub timeouts: Timeouts,
+    pub reliability: Reliability,
 }
+
+/// How a model survives failing deployments: balancing, retries, fallbacks, budget, hedging.
+#[derive(Debug, Clone)]
+pub struct Reliability {
+    pub strategy: Strategy,
+    pub score_weights: ScoreWeights,
+    pub retry: RetryPolicy,
+    pub fallbacks: Vec<Fallback>,
+    pub max_attempts: u32,
+    pub budget: Option<Duration>,
+    pub hedge: Option<Hedge>,
+    pub stream_failover: StreamFailover,
+    pub sticky: Option<Sticky>,
+    pub health: HealthConfig,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ScoreWeights {
+    pub latency: f64,
+    pub cost: f64,
+    pub success: f64,
+    pub custom: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Attempts per deployment, the first included.
+    pub attempts: u32,
+    pub base: Duration,
+    pub max: Duration,
+    pub on: Vec<ErrorClass>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fallback {
+    pub model: String,
+    pub on: Vec<ErrorClass>,
+    pub on_status: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum HedgeAfter {
+    /// The primary deployment's own p95 time to first byte.
+    P95,
+    Fixed(Duration),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Hedge {
+    pub after: HedgeAfter,
+    /// Extra upstream calls allowed, as a fraction of requests (0.05 = 5 %).
+    pub max_extra: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Sticky {
+    pub header: String,
+    pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct HealthConfig {
+    pub degrade_error_ratio: f64,
+    pub slow_factor: f64,
+    pub open_after: u32,
+    pub cooldown: Duration,
+    pub canary_share: f64,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self {
+            degrade_error_ratio: 0.25,
+            slow_factor: 2.0,
+            open_after: 5,
+            cooldown: Duration::from_secs(10),
+            canary_share: 0.05,
+        }
+    }
+}
+
+impl Default for Reliability {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Weighted,
+            score_weights: ScoreWeights { latency: 40.0, cost: 30.0, success: 20.0, custom: 10.0 },
+            retry: RetryPolicy {
+                attempts: 2,
+                base: Duration::from_millis(200),
+                max: Duration::from_secs(5),
+                on: vec![ErrorClass::RateLimited, ErrorClass::ServerError, ErrorClass::Timeout],
+            },
+            fallbacks: Vec::new(),
+            max_attempts: 4,
+            budget: None,
+            hedge: None,
+            stream_failover: StreamFailover::Error,
+            sticky: None,
+            health: HealthConfig::default(),
+        }
+    }
+}
+
+/// The classes a plain `fallbacks: [name]` entry falls back on.
+pub const DEFAULT_FALLBACK_CLASSES: &[ErrorClass] = &[
+    ErrorClass::RateLimited,
+    ErrorClass::ServerError,
+    ErrorClass::Timeout,
+    ErrorClass::Auth,
+    ErrorClass::ContextWindowExceeded,
+];
 
 #[derive(Debug)]
 pub struct DeploymentConfig {
@@ -105,6 +217,10 @@ pub struct DeploymentConfig {
     pub azure_deployment: Option<String>,
     pub weight: u32,
     pub price: Option<Price>,
+    /// Percent of the model's traffic reserved for this canary deployment.
+    pub canary: Option<f64>,
+    /// Custom score in 0..=1 for `weighted_score`.
+    pub score: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -386,6 +502,19 @@ fn validate(
         }
     }
 
+    for (name, model) in &models {
+        for (i, fallback) in model.reliability.fallbacks.iter().enumerate() {
+            if !models.contains_key(&fallback.model) {
+                let known = models.keys().cloned().collect::<Vec<_>>().join(", ");
+                problems.push(
+                    format!("models.{name}.fallbacks[{i}]"),
+                    format!("unknown model {:?}", fallback.model),
+                    format!("use one of: {known}"),
+                );
+            }
+        }
+    }
+
     problems.into_result(Config {
         source: file.to_string(),
         server: ServerConfig {
@@ -580,6 +709,7 @@ fn model_config(
     problems: &mut Problems,
 ) -> Option<ModelConfig> {
     let at = |key: &str| format!("models.{name}.{key}");
+    let reliability = reliability(name, &raw, problems);
     if raw.deployments.is_empty() {
         problems.push(
             at("deployments"),
@@ -625,7 +755,27 @@ fn model_config(
             azure_deployment: d.deployment,
             weight: d.weight.unwrap_or(1),
             price: d.price,
+            canary: d.canary,
+            score: d.score.unwrap_or(0.5),
         });
+        if let Some(c) = d.canary
+            && !(c > 0.0 && c < 100.0)
+        {
+            problems.push(
+                at(&format!("deployments[{i}].canary")),
+                format!("{c} is not a percentage between 0 and 100"),
+                "write e.g. canary: 5",
+            );
+        }
+        if let Some(score) = d.score
+            && !(0.0..=1.0).contains(&score)
+        {
+            problems.push(
+                at(&format!("deployments[{i}].score")),
+                format!("{score} is outside 0..=1"),
+                "use a score between 0 and 1",
+            );
+        }
     }
     let mut timeouts = Timeouts::default();
     let block = raw.timeouts.unwrap_or_default();
@@ -649,7 +799,146 @@ fn model_config(
             timeouts.first_byte = d;
         }
     }
-    Some(ModelConfig { name: name.to_string(), description: raw.description, deployments, timeouts })
+    let canary_total: f64 = deployments.iter().filter_map(|d| d.canary).sum();
+    if canary_total > 0.0 && (canary_total >= 100.0 || deployments.iter().all(|d| d.canary.is_some())) {
+        problems.push(
+            at("deployments"),
+            "canary deployments need a non-canary deployment and less than 100 % in total",
+            "mark only the new deployment(s) as canary",
+        );
+    }
+    Some(ModelConfig { name: name.to_string(), description: raw.description, deployments, timeouts, reliability })
+}
+
+fn reliability(name: &str, raw: &RawModel, problems: &mut Problems) -> Reliability {
+    let at = |key: &str| format!("models.{name}.{key}");
+    let mut r = Reliability::default();
+    if let Some(strategy) = raw.strategy {
+        r.strategy = strategy;
+    }
+    if let Some(w) = &raw.score_weights {
+        if w.latency < 0.0
+            || w.cost < 0.0
+            || w.success < 0.0
+            || w.custom < 0.0
+            || w.latency + w.cost + w.success + w.custom <= 0.0
+        {
+            problems.push(
+                at("score_weights"),
+                "weights must be non-negative and not all zero",
+                "e.g. { latency: 40, cost: 30, success: 20, custom: 10 }",
+            );
+        }
+        r.score_weights = ScoreWeights { latency: w.latency, cost: w.cost, success: w.success, custom: w.custom };
+    }
+    if let Some(retry) = &raw.retry {
+        if let Some(attempts) = retry.attempts {
+            if attempts == 0 {
+                problems.push(
+                    at("retry.attempts"),
+                    "attempts counts the first try, so it must be at least 1",
+                    "use 1 for no retries",
+                );
+            }
+            r.retry.attempts = attempts.max(1);
+        }
+        if let Some(d) = duration_field(problems, &at("retry.base"), retry.base.as_deref()) {
+            r.retry.base = d;
+        }
+        if let Some(d) = duration_field(problems, &at("retry.max"), retry.max.as_deref()) {
+            r.retry.max = d;
+        }
+        if let Some(on) = &retry.on {
+            r.retry.on = on.clone();
+        }
+    }
+    for (i, fallback) in raw.fallbacks.iter().enumerate() {
+        let rule = match fallback {
+            RawFallback::Model(model) => {
+                Fallback { model: model.clone(), on: DEFAULT_FALLBACK_CLASSES.to_vec(), on_status: Vec::new() }
+            }
+            RawFallback::Rule(rule) => {
+                if rule.on.is_empty() && rule.on_status.is_empty() {
+                    problems.push(
+                        at(&format!("fallbacks[{i}]")),
+                        "a fallback rule needs `on` classes or `on_status` codes",
+                        "add e.g. on: [rate_limited, timeout]",
+                    );
+                }
+                Fallback { model: rule.model.clone(), on: rule.on.clone(), on_status: rule.on_status.clone() }
+            }
+        };
+        if rule.model == name {
+            problems.push(at(&format!("fallbacks[{i}]")), "a model cannot fall back to itself", "name another model");
+        }
+        r.fallbacks.push(rule);
+    }
+    if let Some(n) = raw.max_attempts {
+        if n == 0 {
+            problems.push(
+                at("max_attempts"),
+                "max_attempts must be at least 1",
+                "use 1 to disable retries and fallbacks",
+            );
+        }
+        r.max_attempts = n.max(1);
+    }
+    r.budget = duration_field(problems, &at("budget"), raw.budget.as_deref());
+    if let Some(hedge) = &raw.hedge {
+        let after = match hedge.after.as_deref() {
+            None | Some("p95") => HedgeAfter::P95,
+            Some(text) => {
+                HedgeAfter::Fixed(duration_field(problems, &at("hedge.after"), Some(text)).unwrap_or_default())
+            }
+        };
+        let percent = hedge.max_extra_percent.unwrap_or(5.0);
+        if !(0.0..=100.0).contains(&percent) {
+            problems.push(at("hedge.max_extra_percent"), format!("{percent} is not a percentage"), "write e.g. 5");
+        }
+        r.hedge = Some(Hedge { after, max_extra: percent / 100.0 });
+    }
+    if let Some(mode) = raw.stream_failover {
+        r.stream_failover = mode;
+    }
+    if let Some(sticky) = &raw.sticky {
+        let header = sticky.header.clone().unwrap_or_else(|| "x-session-id".into()).to_ascii_lowercase();
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            problems.push(at("sticky.header"), format!("{header:?} is not a header name"), "use e.g. x-session-id");
+        }
+        let ttl =
+            duration_field(problems, &at("sticky.ttl"), sticky.ttl.as_deref()).unwrap_or(Duration::from_secs(1800));
+        r.sticky = Some(Sticky { header, ttl });
+    }
+    if let Some(h) = &raw.health {
+        let ratio = |value: Option<f64>, key: &str, default: f64, problems: &mut Problems| match value {
+            Some(v) if !(0.0..=1.0).contains(&v) => {
+                problems.push(
+                    at(&format!("health.{key}")),
+                    format!("{v} is outside 0..=1"),
+                    "use a fraction such as 0.25",
+                );
+                default
+            }
+            Some(v) => v,
+            None => default,
+        };
+        r.health.degrade_error_ratio =
+            ratio(h.degrade_error_ratio, "degrade_error_ratio", r.health.degrade_error_ratio, problems);
+        r.health.canary_share = ratio(h.canary_share, "canary_share", r.health.canary_share, problems);
+        if let Some(f) = h.slow_factor {
+            if f <= 1.0 {
+                problems.push(at("health.slow_factor"), "slow_factor must be above 1", "e.g. 2 (twice the usual p95)");
+            }
+            r.health.slow_factor = f;
+        }
+        if let Some(n) = h.open_after {
+            r.health.open_after = n.max(1);
+        }
+        if let Some(d) = duration_field(problems, &at("health.cooldown"), h.cooldown.as_deref()) {
+            r.health.cooldown = d;
+        }
+    }
+    r
 }
 
 fn duration_field(problems: &mut Problems, path: &str, text: Option<&str>) -> Option<Duration> {
@@ -782,5 +1071,42 @@ mod tests {
         assert_eq!(parse_size("10MiB"), Some(10 * 1024 * 1024));
         assert_eq!(parse_size("2048"), Some(2048));
         assert_eq!(parse_size("3 parsecs"), None);
+    }
+
+    #[test]
+    fn reliability_settings_parse_and_validate() {
+        let config = parse(
+            "providers:\n  p: { kind: mock }\nmodels:\n  small: { deployments: [ { provider: p, model: a } ] }\n  main:\n    deployments: [ { provider: p, model: a, weight: 3 }, { provider: p, model: b, canary: 5, score: 0.9 } ]\n    strategy: least_latency\n    retry: { attempts: 3, base: 100ms, max: 2s, on: [rate_limited] }\n    fallbacks: [ small, { model: small, on: [context_window_exceeded], on_status: [418] } ]\n    budget: 20s\n    hedge: { after: 300ms, max_extra_percent: 5 }\n    stream_failover: continue\n    sticky: { header: X-Agent-Session }\n    health: { open_after: 3, cooldown: 2s, canary_share: 0.1 }\n",
+        )
+        .unwrap();
+        let r = &config.models["main"].reliability;
+        assert_eq!(r.strategy, Strategy::LeastLatency);
+        assert_eq!(r.retry.attempts, 3);
+        assert_eq!(r.retry.on, vec![ErrorClass::RateLimited]);
+        assert_eq!(r.fallbacks.len(), 2);
+        assert_eq!(r.fallbacks[0].on, DEFAULT_FALLBACK_CLASSES.to_vec());
+        assert_eq!(r.fallbacks[1].on_status, vec![418]);
+        assert_eq!(r.budget, Some(Duration::from_secs(20)));
+        assert!(
+            matches!(r.hedge, Some(Hedge { after: HedgeAfter::Fixed(d), max_extra }) if d == Duration::from_millis(300) && (max_extra - 0.05).abs() < 1e-9)
+        );
+        assert_eq!(r.stream_failover, StreamFailover::Continue);
+        assert_eq!(r.sticky.as_ref().unwrap().header, "x-agent-session");
+        assert_eq!(r.health.open_after, 3);
+        assert_eq!(config.models["main"].deployments[1].canary, Some(5.0));
+
+        let err = parse(
+            "providers:\n  p: { kind: mock }\nmodels:\n  m:\n    deployments: [ { provider: p, model: a, canary: 150 } ]\n    fallbacks: [ m, ghost ]\n    retry: { attempts: 0 }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "models.m.deployments[0].canary: 150 is not a percentage",
+            "models.m.fallbacks[0]: a model cannot fall back to itself",
+            "models.m.fallbacks[1]: unknown model \"ghost\"",
+            "models.m.retry.attempts: attempts counts the first try",
+        ] {
+            assert!(err.contains(needle), "missing {needle:?} in {err}");
+        }
     }
 }

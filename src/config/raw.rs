@@ -99,6 +99,132 @@ pub struct RawModel {
     /// Shorthand for `timeouts.total`.
     pub timeout: Option<String>,
     pub timeouts: Option<RawTimeouts>,
+    /// How a deployment is picked. Default `weighted`.
+    pub strategy: Option<Strategy>,
+    /// Weights of the `weighted_score` strategy. Default latency 40, cost 30, success 20, custom 10.
+    pub score_weights: Option<RawScoreWeights>,
+    /// Retries on the same deployment.
+    pub retry: Option<RawRetry>,
+    /// Other models to try, in order, when this one fails: a name (on any retryable failure) or
+    /// `{ model, on: [classes], on_status: [codes] }`.
+    #[serde(default)]
+    pub fallbacks: Vec<RawFallback>,
+    /// Upper bound on upstream attempts for one request, all deployments and fallbacks included. Default 4.
+    pub max_attempts: Option<u32>,
+    /// Latency budget for the whole request: no attempt starts that cannot finish in it.
+    pub budget: Option<String>,
+    /// Hedged requests: a second attempt when the first has no first byte in time.
+    pub hedge: Option<RawHedge>,
+    /// What a stream does when its deployment fails after the first chunk. Default `error`.
+    pub stream_failover: Option<StreamFailover>,
+    /// Keep a session (by header) on one deployment unless it fails.
+    pub sticky: Option<RawSticky>,
+    /// Circuit-breaker thresholds.
+    pub health: Option<RawHealth>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    Weighted,
+    RoundRobin,
+    LeastInflight,
+    LeastLatency,
+    LowestCost,
+    WeightedScore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    RateLimited,
+    ServerError,
+    Timeout,
+    ContextWindowExceeded,
+    ContentFiltered,
+    Auth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamFailover {
+    Error,
+    Continue,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawScoreWeights {
+    #[serde(default)]
+    pub latency: f64,
+    #[serde(default)]
+    pub cost: f64,
+    #[serde(default)]
+    pub success: f64,
+    #[serde(default)]
+    pub custom: f64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Attempts per deployment, the first included. Default 2.
+    pub attempts: Option<u32>,
+    /// Backoff base and cap (full jitter). Defaults 200ms and 5s.
+    pub base: Option<String>,
+    pub max: Option<String>,
+    /// Error classes worth a retry. Default rate_limited, server_error, timeout.
+    pub on: Option<Vec<ErrorClass>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawFallback {
+    Model(String),
+    Rule(RawFallbackRule),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFallbackRule {
+    pub model: String,
+    #[serde(default)]
+    pub on: Vec<ErrorClass>,
+    #[serde(default)]
+    pub on_status: Vec<u16>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHedge {
+    /// `p95` (the deployment's own) or a duration such as `300ms`. Default `p95`.
+    pub after: Option<String>,
+    /// Extra upstream calls allowed, as a percentage of requests. Default 5.
+    pub max_extra_percent: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSticky {
+    /// Default `x-session-id`.
+    pub header: Option<String>,
+    /// Default `30m`.
+    pub ttl: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// Error ratio over the recent window that marks a deployment degraded. Default 0.25.
+    pub degrade_error_ratio: Option<f64>,
+    /// p95 above this multiple of its own baseline for 5 requests in a row marks it degraded. Default 2.
+    pub slow_factor: Option<f64>,
+    /// Consecutive hard failures that open the circuit. Default 5.
+    pub open_after: Option<u32>,
+    /// How long an open circuit waits before canary probes. Default `10s`.
+    pub cooldown: Option<String>,
+    /// Share of requests sent as probes to an open deployment after the cooldown. Default 0.05.
+    pub canary_share: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +237,10 @@ pub struct RawDeployment {
     pub weight: Option<u32>,
     /// Overrides the built-in price table for this deployment.
     pub price: Option<RawPrice>,
+    /// Percent of the model's traffic for this (canary) deployment; the others share the rest.
+    pub canary: Option<f64>,
+    /// Custom score in 0..=1 for the `weighted_score` strategy (e.g. measured quality). Default 0.5.
+    pub score: Option<f64>,
 }
 
 /// USD per million tokens.
