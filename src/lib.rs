@@ -3,11 +3,13 @@
 //! [`Gateway`] holds the live configuration snapshot; [`server`] is the HTTP edge;
 //! [`engine::pipeline`] runs each request's steps in order. See `docs/pipeline.md`.
 
+pub mod balance;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod providers;
 pub mod reload;
+mod rng;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
