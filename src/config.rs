@@ -79,9 +79,53 @@ pub struct ProviderConfig {
     /// The upstream knows `max_tokens` but not `max_completion_tokens` (renamed on the way out).
     pub max_tokens_only: bool,
     pub aws: Option<AwsConfig>,
+    pub mock: MockBehaviour,
 }
 
-/// Bedrock signing settings.
+/// Scripted behaviour of a `mock` provider.
+#[derive(Debug, Clone, Default)]
+pub struct MockBehaviour {
+    pub latency: Duration,
+    pub chunk_interval: Duration,
+    pub script: Vec<MockStep>,
+    pub error_rate: f64,
+    pub spike_rate: f64,
+    pub spike_latency: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum MockStep {
+    Ok,
+    Status { status: u16, retry_after: Option<u32> },
+    Delay(Duration),
+    Hang,
+    Cut(usize),
+    Stall(usize),
+}
+
+impl MockStep {
+    fn parse(text: &str) -> Option<Self> {
+        let (head, arg) = match text.split_once(':') {
+            Some((h, a)) => (h.trim(), Some(a.trim())),
+            None => (text.trim(), None),
+        };
+        Some(match (head, arg) {
+            ("ok", None) => MockStep::Ok,
+            ("hang", None) => MockStep::Hang,
+            ("delay", Some(d)) => MockStep::Delay(parse_duration(d)?),
+            ("cut", Some(n)) => MockStep::Cut(n.parse().ok()?),
+            ("stall", Some(n)) => MockStep::Stall(n.parse().ok()?),
+            (code, retry) => {
+                let status: u16 = code.parse().ok().filter(|c| (400..600).contains(c))?;
+                let retry_after = match retry {
+                    Some(r) => Some(r.parse().ok()?),
+                    None => None,
+                };
+                MockStep::Status { status, retry_after }
+            }
+        })
+    }
+}
 #[derive(Debug)]
 pub struct AwsConfig {
     pub region: String,
@@ -665,7 +709,61 @@ fn provider_config(
         stream_usage: preset.map(|p| p.stream_usage).unwrap_or(true),
         max_tokens_only: preset.is_some_and(|p| p.max_tokens_only),
         aws,
+        mock: mock_behaviour(name, raw.kind, raw.mock, problems),
     })
+}
+
+fn mock_behaviour(
+    name: &str,
+    kind: ProviderKind,
+    raw: Option<raw::RawMockBehaviour>,
+    problems: &mut Problems,
+) -> MockBehaviour {
+    let Some(raw) = raw else { return MockBehaviour::default() };
+    let at = |key: &str| format!("providers.{name}.mock.{key}");
+    if kind != ProviderKind::Mock {
+        problems.push(format!("providers.{name}.mock"), "mock behaviour applies only to kind mock", "remove it");
+    }
+    let mut out = MockBehaviour::default();
+    if let Some(d) = raw.latency.as_deref() {
+        out.latency = parse_duration(d).unwrap_or_else(|| {
+            problems.push(at("latency"), format!("{d:?} is not a duration"), "write e.g. 20ms");
+            Duration::ZERO
+        });
+    }
+    if let Some(d) = raw.chunk_interval.as_deref() {
+        out.chunk_interval = parse_duration(d).unwrap_or_else(|| {
+            problems.push(at("chunk_interval"), format!("{d:?} is not a duration"), "write e.g. 5ms");
+            Duration::ZERO
+        });
+    }
+    if let Some(d) = raw.spike_latency.as_deref() {
+        out.spike_latency = parse_duration(d).unwrap_or_else(|| {
+            problems.push(at("spike_latency"), format!("{d:?} is not a duration"), "write e.g. 2s");
+            Duration::ZERO
+        });
+    }
+    for (key, value, slot) in
+        [("error_rate", raw.error_rate, &mut out.error_rate), ("spike_rate", raw.spike_rate, &mut out.spike_rate)]
+    {
+        if let Some(v) = value {
+            if !(0.0..=1.0).contains(&v) {
+                problems.push(at(key), format!("{v} is outside 0..=1"), "use a fraction such as 0.1");
+            }
+            *slot = v;
+        }
+    }
+    for (i, step) in raw.script.iter().enumerate() {
+        match MockStep::parse(step) {
+            Some(step) => out.script.push(step),
+            None => problems.push(
+                at(&format!("script[{i}]")),
+                format!("{step:?} is not a mock step"),
+                "use ok, a status like 500 or 429:3, delay:2s, hang, cut:3 or stall:3",
+            ),
+        }
+    }
+    out
 }
 
 fn aws_config(

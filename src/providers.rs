@@ -9,6 +9,7 @@ pub mod eventstream;
 pub mod gemini;
 pub mod mock;
 pub mod openai;
+pub mod sigv4;
 pub mod sse;
 pub mod stream;
 pub mod transport;
@@ -78,7 +79,7 @@ enum Adapter {
     Anthropic(anthropic::Anthropic),
     Gemini(gemini::Gemini),
     Bedrock(bedrock::Bedrock),
-    Mock,
+    Mock(mock::MockAdapter),
 }
 
 /// One deployment made ready to call: provider, upstream model, URLs and the pooled client.
@@ -103,7 +104,7 @@ impl Provider {
             ProviderKind::Anthropic => Adapter::Anthropic(anthropic::Anthropic::new(&config)?),
             ProviderKind::Gemini => Adapter::Gemini(gemini::Gemini::new(&config)?),
             ProviderKind::Bedrock => Adapter::Bedrock(bedrock::Bedrock::new(&config)?),
-            ProviderKind::Mock => Adapter::Mock,
+            ProviderKind::Mock => Adapter::Mock(mock::MockAdapter::new(&config)),
         };
         Ok(Self { config, adapter })
     }
@@ -131,7 +132,7 @@ impl Target {
                 let endpoint = bedrock::Bedrock::endpoint(&provider.config, deployment);
                 (endpoint.clone(), endpoint)
             }
-            Adapter::Mock => (String::new(), String::new()),
+            Adapter::Mock(_) => (String::new(), String::new()),
         };
         Ok(Self {
             upstream_model: Arc::from(deployment.model.as_str()),
@@ -169,7 +170,7 @@ impl Target {
             Adapter::Bedrock(adapter) => {
                 adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
             }
-            Adapter::Mock => Ok(mock_chat(req, &self.upstream_model)),
+            Adapter::Mock(adapter) => adapter.chat(&self.provider.config, req, &self.upstream_model, limits).await,
         }
     }
 
@@ -194,36 +195,12 @@ impl Target {
                 provider: self.provider.name().to_string(),
                 feature: "embeddings (Anthropic has no embeddings API)".into(),
             }),
-            Adapter::Mock => {
+            Adapter::Mock(_) => {
                 let body = mock::embeddings(req, &self.upstream_model);
                 let usage = body.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
                 Ok(Completion { body: Bytes::from(body.to_string()), usage })
             }
         }
-    }
-}
-
-fn mock_chat(req: &ChatRequest, model: &str) -> ChatReply {
-    if req.is_stream() {
-        let chunks = mock::chunks(req, model, true);
-        let items: Vec<Result<StreamChunk, GatewayError>> = chunks
-            .into_iter()
-            .map(|c| {
-                let usage_only = c.choices.is_empty();
-                Ok(StreamChunk {
-                    usage: c.usage,
-                    usage_only,
-                    data: Bytes::from(serde_json::to_vec(&c).unwrap_or_default()),
-                })
-            })
-            .collect();
-        ChatReply::Stream(Box::pin(futures_util::stream::iter(items)))
-    } else {
-        let response = mock::complete(req, model);
-        ChatReply::Complete(Completion {
-            usage: response.usage,
-            body: Bytes::from(serde_json::to_vec(&response).unwrap_or_default()),
-        })
     }
 }
 

@@ -57,6 +57,45 @@ fn check_anthropic(seen: &Recorded, stream: bool) {
     assert_eq!(seen.body["stream"].as_bool().unwrap_or(false), stream);
 }
 
+fn check_bedrock(seen: &Recorded, stream: bool) {
+    let operation = if stream { "converse-stream" } else { "converse" };
+    assert_eq!(seen.path, format!("/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/{operation}"));
+    let auth = seen.headers["authorization"].to_str().unwrap();
+    assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDCONFORMANCE/"), "{auth}");
+    assert!(auth.contains("/us-east-1/bedrock/aws4_request, SignedHeaders="), "{auth}");
+    assert!(!auth.contains("conformance-secret"), "{auth}");
+    assert!(seen.headers.get("x-amz-date").is_some());
+    assert!(seen.body.get("model").is_none() && seen.body.get("stream").is_none(), "{}", seen.body);
+}
+
+/// `[{"event": <:event-type or exception:<type>>, "payload": {...}}]` → AWS event-stream frames.
+fn encode_bedrock_events(json: &[u8]) -> Vec<u8> {
+    use llm_gateway::providers::eventstream::{encode, encode_event};
+    let events: Vec<Value> = serde_json::from_slice(json).unwrap();
+    let mut bytes = Vec::new();
+    for event in &events {
+        let name = event["event"].as_str().unwrap();
+        let payload = event["payload"].to_string();
+        bytes.extend(match name.strip_prefix("exception:") {
+            Some(kind) => encode(
+                &[(":message-type", "exception"), (":exception-type", kind), (":content-type", "application/json")],
+                payload.as_bytes(),
+            ),
+            None => encode_event(name, payload.as_bytes()),
+        });
+    }
+    bytes
+}
+
+fn check_gemini(seen: &Recorded, stream: bool) {
+    let method = if stream { "streamGenerateContent" } else { "generateContent" };
+    assert_eq!(seen.path, format!("/v1beta/models/gemini-2.5-flash:{method}"));
+    assert_eq!(seen.query.as_deref(), stream.then_some("alt=sse"), "the key never rides in the query");
+    assert_eq!(seen.headers["x-goog-api-key"], "gm-conformance");
+    assert!(seen.headers.get("authorization").is_none());
+    assert!(seen.body["contents"].is_array() && seen.body.get("model").is_none(), "{}", seen.body);
+}
+
 const PROVIDERS: &[Provider] = &[
     Provider {
         name: "openai",
@@ -78,8 +117,30 @@ const PROVIDERS: &[Provider] = &[
         check_request: check_anthropic,
         unsupported: &["embeddings"],
     },
-    // gemini row
-    // bedrock row
+    Provider {
+        name: "gemini",
+        yaml: |base| format!("{{ kind: gemini, api_key: gm-conformance, base_url: \"{base}/v1beta\" }}"),
+        upstream_model: "gemini-2.5-flash",
+        stream_ext: "sse",
+        stream_content_type: "text/event-stream",
+        encode_stream: identity,
+        check_request: check_gemini,
+        unsupported: &[],
+    },
+    Provider {
+        name: "bedrock",
+        yaml: |base| {
+            format!(
+                "{{ kind: bedrock, base_url: \"{base}\", aws_region: us-east-1, aws_access_key_id: AKIDCONFORMANCE, aws_secret_access_key: conformance-secret }}"
+            )
+        },
+        upstream_model: "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        stream_ext: "events.json",
+        stream_content_type: "application/vnd.amazon.eventstream",
+        encode_stream: encode_bedrock_events,
+        check_request: check_bedrock,
+        unsupported: &["embeddings"],
+    },
 ];
 
 fn fixture(provider: &Provider, name: &str) -> Vec<u8> {

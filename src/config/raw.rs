@@ -89,6 +89,26 @@ pub struct RawProvider {
     pub headers: BTreeMap<String, String>,
     /// Data residency label, e.g. `us`, `eu`, `on_prem`.
     pub region: Option<String>,
+    /// `mock` providers only: scripted faults and latency, for demos, tests and chaos benchmarks.
+    pub mock: Option<RawMockBehaviour>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMockBehaviour {
+    /// Time to the first byte of every answer.
+    pub latency: Option<String>,
+    /// Pause between streamed chunks.
+    pub chunk_interval: Option<String>,
+    /// Steps consumed one per request, in order: `ok`, a status such as `500` or `429:3` (with
+    /// Retry-After), `delay:2s`, `hang`, `cut:<chunks>` (stream dies), `stall:<chunks>` (stream stops).
+    #[serde(default)]
+    pub script: Vec<String>,
+    /// After the script: share of requests that fail with a 500.
+    pub error_rate: Option<f64>,
+    /// After the script: share of requests that take `spike_latency` extra.
+    pub spike_rate: Option<f64>,
+    pub spike_latency: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

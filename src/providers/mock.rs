@@ -2,14 +2,142 @@
 //! embeddings, computed in-process. It answers the offline demo config, and the testkit's HTTP mock
 //! upstream serves the same answers over the real OpenAI wire format.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use serde_json::{Value, json};
+use tokio::time::{Instant, sleep, sleep_until};
+
+use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status};
+use crate::config::{MockBehaviour, MockStep, ProviderConfig};
+use crate::error::GatewayError;
 
 use crate::types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, EmbeddingsRequest, FunctionCall,
     FunctionCallDelta, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
+
+/// The `mock` provider's adapter: deterministic answers, with the latency and scripted faults of
+/// its `mock:` settings. All waiting is tokio time, so paused-time tests run it instantly.
+#[derive(Debug)]
+pub struct MockAdapter {
+    behaviour: MockBehaviour,
+    script: Mutex<VecDeque<MockStep>>,
+}
+
+impl MockAdapter {
+    pub fn new(config: &ProviderConfig) -> Self {
+        Self { behaviour: config.mock.clone(), script: Mutex::new(config.mock.script.iter().cloned().collect()) }
+    }
+
+    fn next_step(&self) -> (MockStep, Duration) {
+        let b = &self.behaviour;
+        let scripted = self.script.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+        let mut latency = b.latency;
+        let step = match scripted {
+            Some(step) => step,
+            None => {
+                if b.spike_rate > 0.0 && crate::rng::unit() < b.spike_rate {
+                    latency += b.spike_latency;
+                }
+                if b.error_rate > 0.0 && crate::rng::unit() < b.error_rate {
+                    MockStep::Status { status: 500, retry_after: None }
+                } else {
+                    MockStep::Ok
+                }
+            }
+        };
+        (step, latency)
+    }
+
+    pub async fn chat(
+        &self,
+        config: &ProviderConfig,
+        req: &ChatRequest,
+        model: &str,
+        limits: CallLimits,
+    ) -> Result<ChatReply, GatewayError> {
+        let (step, mut latency) = self.next_step();
+        if let MockStep::Delay(extra) = step {
+            latency += extra;
+        }
+        let first_byte_at = Instant::now() + latency;
+        if step == MockStep::Hang || first_byte_at > limits.first_byte_deadline {
+            sleep_until(limits.first_byte_deadline).await;
+            return Err(GatewayError::UpstreamTimeout {
+                provider: config.name.clone(),
+                phase: "first_byte",
+                limit: limits.timeouts.first_byte,
+            });
+        }
+        sleep_until(first_byte_at).await;
+        if let MockStep::Status { status, retry_after } = step {
+            let body = json!({"error": {"message": format!("scripted mock failure {status}"), "type": "server_error"}});
+            return Err(error_from_status(
+                config,
+                status,
+                retry_after.map(|r| r.to_string()),
+                body.to_string().as_bytes(),
+            ));
+        }
+        if !req.is_stream() {
+            if let MockStep::Cut(_) | MockStep::Stall(_) = step {
+                return Err(GatewayError::UpstreamUnreachable {
+                    provider: config.name.clone(),
+                    message: "scripted mock connection loss".into(),
+                });
+            }
+            let response = complete(req, model);
+            return Ok(ChatReply::Complete(Completion {
+                usage: response.usage,
+                body: Bytes::from(serde_json::to_vec(&response).unwrap_or_default()),
+            }));
+        }
+        let mut items: VecDeque<Result<StreamChunk, GatewayError>> = chunks(req, model, true)
+            .into_iter()
+            .map(|c| {
+                Ok(StreamChunk {
+                    usage: c.usage,
+                    usage_only: c.choices.is_empty(),
+                    data: Bytes::from(serde_json::to_vec(&c).unwrap_or_default()),
+                })
+            })
+            .collect();
+        let provider = config.name.clone();
+        let ending = match step {
+            MockStep::Cut(n) => {
+                items.truncate(n);
+                Some(GatewayError::UpstreamUnreachable {
+                    provider,
+                    message: "scripted mock connection loss mid-stream".into(),
+                })
+            }
+            MockStep::Stall(n) => {
+                items.truncate(n);
+                Some(GatewayError::UpstreamTimeout { provider, phase: "total", limit: limits.timeouts.total })
+            }
+            _ => None,
+        };
+        let interval = self.behaviour.chunk_interval;
+        let state = (items, ending, true, limits.deadline);
+        let stream = futures_util::stream::unfold(state, move |(mut items, mut ending, first, deadline)| async move {
+            if let Some(item) = items.pop_front() {
+                if !first && !interval.is_zero() {
+                    sleep(interval).await;
+                }
+                return Some((item, (items, ending, false, deadline)));
+            }
+            let error = ending.take()?;
+            if matches!(error, GatewayError::UpstreamTimeout { .. }) {
+                sleep_until(deadline).await;
+            }
+            Some((Err(error), (items, None, false, deadline)))
+        });
+        Ok(ChatReply::Stream(Box::pin(stream)))
+    }
+}
 
 /// What the mock decided to answer.
 enum Answer {
