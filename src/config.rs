@@ -228,8 +228,10 @@ impl Default for Reliability {
         Self {
             strategy: Strategy::Weighted,
             score_weights: ScoreWeights { latency: 40.0, cost: 30.0, success: 20.0, custom: 10.0 },
+            // No same-deployment retries unless configured: clients' SDKs already retry, and
+            // multiplying retries at every layer turns an outage into a storm.
             retry: RetryPolicy {
-                attempts: 2,
+                attempts: 1,
                 base: Duration::from_millis(200),
                 max: Duration::from_secs(5),
                 on: vec![ErrorClass::RateLimited, ErrorClass::ServerError, ErrorClass::Timeout],

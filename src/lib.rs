@@ -24,14 +24,13 @@ use std::sync::atomic::AtomicBool;
 use arc_swap::ArcSwap;
 
 use config::Config;
-use engine::Snapshot;
-use providers::ClientCache;
+use engine::{Shared, Snapshot};
 
 /// The running gateway: the current snapshot, swapped atomically on reload, and the state that
 /// outlives snapshots (connection pools, readiness).
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
-    clients: ClientCache,
+    shared: Shared,
     config_path: Option<PathBuf>,
     /// The address actually served; a reload must keep it safe (keys on non-loopback).
     listen: std::sync::Mutex<Option<SocketAddr>>,
@@ -40,12 +39,12 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(config: Config, config_path: Option<PathBuf>) -> Result<Arc<Self>, error::GatewayError> {
-        let clients = ClientCache::default();
-        let snapshot = Snapshot::build(config, &clients)?;
+        let shared = Shared::default();
+        let snapshot = Snapshot::build(config, &shared)?;
         telemetry::prometheus();
         Ok(Arc::new(Self {
             snapshot: ArcSwap::from_pointee(snapshot),
-            clients,
+            shared,
             config_path,
             listen: std::sync::Mutex::new(None),
             ready: AtomicBool::new(true),
@@ -78,7 +77,7 @@ impl Gateway {
             if let Some(addr) = listen {
                 check_exposure(addr, &config)?;
             }
-            Snapshot::build(config, &self.clients).map_err(|e| e.to_string())
+            Snapshot::build(config, &self.shared).map_err(|e| e.to_string())
         });
         telemetry::config_reloaded(result.is_ok());
         let snapshot = result?;

@@ -95,7 +95,7 @@ fn run(future: impl std::future::Future<Output = Result<(), String>>) -> ExitCod
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
-    let clients = llm_gateway::providers::ClientCache::default();
+    let shared = llm_gateway::engine::Shared::default();
     let mut failed = false;
     for file in files {
         let config = match Config::load(file) {
@@ -108,7 +108,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
         };
         let (providers, models) = (config.providers.len(), config.models.len());
         // Also build what `serve` would build (adapters, URLs, clients) without contacting anyone.
-        let built = llm_gateway::engine::Snapshot::build(config, &clients);
+        let built = llm_gateway::engine::Snapshot::build(config, &shared);
         match built {
             Ok(_) => println!("{}: ok ({providers} providers, {models} models)", file.display()),
             Err(e) => {

@@ -30,6 +30,7 @@ const GW_UPSTREAM_MODEL: HeaderName = HeaderName::from_static("x-gateway-upstrea
 const GW_UPSTREAM_MS: HeaderName = HeaderName::from_static("x-gateway-upstream-ms");
 const GW_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-gateway-overhead-ms");
 const GW_COST_USD: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
+const GW_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
@@ -282,6 +283,9 @@ fn enrich(headers: &mut HeaderMap, record: &RequestRecord, overhead: Duration) {
         headers.insert(GW_UPSTREAM_MS, millis(record.upstream_time));
     }
     headers.insert(GW_OVERHEAD_MS, millis(overhead));
+    if let Some(v) = record.attempts.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
+        headers.insert(GW_ATTEMPTS, v);
+    }
     // Streams send headers before usage is known; their cost is in the log line and metrics.
     if let Some(cost) = record.cost_usd()
         && let Ok(v) = HeaderValue::from_str(&format!("{cost:.8}"))

@@ -61,6 +61,8 @@ pub struct RequestRecord {
     pub prompt_excerpt: Option<String>,
     /// The chosen deployment's price, when known.
     pub price: Option<cost::Price>,
+    /// Every upstream attempt, rendered for `x-gateway-attempts` and the log.
+    pub attempts: Option<String>,
 }
 
 impl RequestRecord {
@@ -79,6 +81,7 @@ impl RequestRecord {
             error: None,
             prompt_excerpt: None,
             price: None,
+            attempts: None,
         }
     }
 
@@ -137,6 +140,7 @@ impl RequestRecord {
             overhead_ms = overhead.as_secs_f64() * 1000.0,
             total_ms = total.as_secs_f64() * 1000.0,
             prompt = self.prompt_excerpt.as_deref(),
+            attempts = self.attempts.as_deref(),
             "request finished"
         );
     }

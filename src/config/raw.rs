@@ -188,7 +188,7 @@ pub struct RawScoreWeights {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRetry {
-    /// Attempts per deployment, the first included. Default 2.
+    /// Attempts per deployment, the first included. Default 1 (no retries).
     pub attempts: Option<u32>,
     /// Backoff base and cap (full jitter). Defaults 200ms and 5s.
     pub base: Option<String>,

@@ -19,11 +19,11 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http::HeaderMap;
 use serde::de::DeserializeOwned;
-use tokio::time::{Instant, timeout_at};
 
+use super::call::{self, Operation, Reply, Served};
 use super::{Model, Snapshot};
 use crate::error::GatewayError;
-use crate::providers::{CallLimits, ChatReply, ChunkStream, StreamChunk, Target, anthropic_inbound};
+use crate::providers::{ChunkStream, StreamChunk, anthropic_inbound};
 use crate::telemetry::{self, RequestRecord};
 use crate::types::{ChatRequest, EmbeddingsRequest};
 
@@ -41,7 +41,7 @@ pub async fn chat_completions(
 ) -> Result<Output, GatewayError> {
     authenticate(snapshot, headers, record)?;
     let req: ChatRequest = parse_json(body)?;
-    chat(snapshot, record, req).await
+    chat(snapshot, record, headers, req).await
 }
 
 /// `POST /v1/messages`: the Anthropic-compatible API, served by any configured model.
@@ -54,7 +54,7 @@ pub async fn messages(
     authenticate(snapshot, headers, record)?;
     let inbound: anthropic_inbound::MessagesRequest = parse_json(body)?;
     let req = anthropic_inbound::to_canonical(inbound)?;
-    match chat(snapshot, record, req).await? {
+    match chat(snapshot, record, headers, req).await? {
         Output::Json(body) => Ok(Output::Json(anthropic_inbound::response_body(&body)?)),
         Output::Stream(mut sse) => {
             sse.anthropic = Some(Box::default());
@@ -64,7 +64,12 @@ pub async fn messages(
 }
 
 /// The chat steps shared by both chat APIs, from a parsed canonical request.
-async fn chat(snapshot: &Snapshot, record: &mut RequestRecord, mut req: ChatRequest) -> Result<Output, GatewayError> {
+async fn chat(
+    snapshot: &Snapshot,
+    record: &mut RequestRecord,
+    headers: &HeaderMap,
+    req: ChatRequest,
+) -> Result<Output, GatewayError> {
     validate_chat(&req)?;
     record.stream = req.is_stream();
     if snapshot.config.server.log_prompts {
@@ -72,37 +77,53 @@ async fn chat(snapshot: &Snapshot, record: &mut RequestRecord, mut req: ChatRequ
             req.messages.last().and_then(|m| m.content.as_ref()).map(|c| c.text().chars().take(200).collect());
     }
     let model = resolve_model(snapshot, &req.model, record)?;
-    let target = plan(&model, record)?;
-    let limits = CallLimits::starting_now(model.config.timeouts);
     let client_wants_usage = req.wants_stream_usage();
-
-    let upstream_started = Instant::now();
-    let reply = target.chat(&mut req, limits).await;
-    let reply = reply.inspect_err(|e| count_upstream_error(&model, target, e))?;
-    match reply {
-        ChatReply::Complete(completion) => {
-            record.upstream_time = upstream_started.elapsed();
+    let session = session_of(&model, headers);
+    let mut op = Operation::Chat(req);
+    let served = call_step(snapshot, record, model, &mut op, session).await?;
+    match served.reply {
+        Reply::Complete(completion) => {
             record.usage = completion.usage;
             Ok(Output::Json(completion.body))
         }
-        ChatReply::Stream(mut stream) => {
-            // Commit only once the first chunk is here, so a failure before it is a plain HTTP error.
-            let first = match timeout_at(limits.first_byte_deadline, stream.next()).await {
-                Err(_) => Err(GatewayError::UpstreamTimeout {
-                    provider: target.provider_name().to_string(),
-                    phase: "first_byte",
-                    limit: limits.timeouts.first_byte,
-                }),
-                Ok(Some(Err(e))) => Err(e),
-                Ok(Some(Ok(chunk))) => Ok(Some(chunk)),
-                Ok(None) => Ok(None),
-            };
-            let first = first.inspect_err(|e| count_upstream_error(&model, target, e))?;
-            record.upstream_time = upstream_started.elapsed();
+        Reply::Stream { first, rest } => {
             let keepalive = snapshot.config.server.sse_keepalive;
-            Ok(Output::Stream(Box::new(SseBody::new(first, stream, client_wants_usage, keepalive))))
+            Ok(Output::Stream(Box::new(SseBody::new(first, rest, client_wants_usage, keepalive))))
         }
     }
+}
+
+/// Plan and call: the reliability engine picks deployments, retries and falls back; the record
+/// learns who answered and what every attempt did.
+async fn call_step(
+    snapshot: &Snapshot,
+    record: &mut RequestRecord,
+    model: Arc<Model>,
+    op: &mut Operation,
+    session: Option<&str>,
+) -> Result<Served, GatewayError> {
+    let mut attempts = Vec::new();
+    let result = call::run(snapshot, model.clone(), op, session, &mut attempts).await;
+    record.attempts = (!attempts.is_empty()).then(|| call::describe(&attempts));
+    let served = result?;
+    let target = &served.model.targets[served.target];
+    record.model = Some(served.model.name.clone());
+    record.provider = Some(Arc::from(target.provider_name()));
+    record.upstream_model = Some(target.upstream_model.clone());
+    record.price = target.price;
+    record.upstream_time = served.upstream_time;
+    if let (Some(session), Some(sticky)) = (session, &model.config.reliability.sticky)
+        && Arc::ptr_eq(&served.model, &model)
+    {
+        model.balancer.stick(session, served.target, sticky.ttl);
+    }
+    Ok(served)
+}
+
+/// The sticky-session key, when the model pins sessions and the client sent one.
+fn session_of<'h>(model: &Model, headers: &'h HeaderMap) -> Option<&'h str> {
+    let sticky = model.config.reliability.sticky.as_ref()?;
+    headers.get(sticky.header.as_str())?.to_str().ok().filter(|s| !s.is_empty() && s.len() <= 256)
 }
 
 /// `POST /v1/embeddings`.
@@ -113,7 +134,7 @@ pub async fn embeddings(
     body: &[u8],
 ) -> Result<Output, GatewayError> {
     authenticate(snapshot, headers, record)?;
-    let mut req: EmbeddingsRequest = parse_json(body)?;
+    let req: EmbeddingsRequest = parse_json(body)?;
     if req.input.is_null() {
         return Err(GatewayError::InvalidRequest {
             message: "`input` is required".into(),
@@ -121,14 +142,16 @@ pub async fn embeddings(
         });
     }
     let model = resolve_model(snapshot, &req.model, record)?;
-    let target = plan(&model, record)?;
-    let limits = CallLimits::starting_now(model.config.timeouts);
-    let upstream_started = Instant::now();
-    let completion =
-        target.embeddings(&mut req, limits).await.inspect_err(|e| count_upstream_error(&model, target, e))?;
-    record.upstream_time = upstream_started.elapsed();
-    record.usage = completion.usage;
-    Ok(Output::Json(completion.body))
+    let session = session_of(&model, headers);
+    let mut op = Operation::Embeddings(req);
+    let served = call_step(snapshot, record, model, &mut op, session).await?;
+    match served.reply {
+        Reply::Complete(completion) => {
+            record.usage = completion.usage;
+            Ok(Output::Json(completion.body))
+        }
+        Reply::Stream { .. } => Err(GatewayError::internal("an embeddings call returned a stream")),
+    }
 }
 
 /// `GET /v1/models` and `/v1/models/{id}`.
@@ -216,28 +239,6 @@ fn resolve_model(snapshot: &Snapshot, name: &str, record: &mut RequestRecord) ->
         snapshot.models.get(name).cloned().ok_or_else(|| GatewayError::ModelNotFound { model: name.to_string() })?;
     record.model = Some(model.name.clone());
     Ok(model)
-}
-
-/// Plan step (for now: the first deployment; load balancing and fallbacks replace this).
-fn plan<'m>(model: &'m Model, record: &mut RequestRecord) -> Result<&'m Target, GatewayError> {
-    let target = model
-        .targets
-        .first()
-        .ok_or_else(|| GatewayError::internal(format!("model {} has no deployments", model.name)))?;
-    record.provider = Some(Arc::from(target.provider_name()));
-    record.upstream_model = Some(target.upstream_model.clone());
-    record.price = target.price;
-    Ok(target)
-}
-
-fn count_upstream_error(model: &Model, target: &Target, error: &GatewayError) {
-    if error.source() == crate::error::ErrorSource::Provider || matches!(error, GatewayError::UpstreamRejected { .. }) {
-        let status = match error {
-            GatewayError::UpstreamServerError { status, .. } | GatewayError::UpstreamRejected { status, .. } => *status,
-            other => other.status().as_u16(),
-        };
-        telemetry::upstream_error(&model.name, target.provider_name(), status, error.kind());
-    }
 }
 
 const DONE_EVENT: &[u8] = b"data: [DONE]\n\n";
