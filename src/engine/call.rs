@@ -5,7 +5,6 @@
 //! A streamed attempt only counts as served once its first chunk arrived, so everything that
 //! fails before that fails over invisibly. Every attempt is recorded for `x-gateway-attempts`.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -300,57 +299,55 @@ async fn hedged(
 }
 
 /// One attempt on one deployment, feeding its health and the upstream-error metric.
-fn attempt<'a>(
-    model: &'a Model,
+async fn attempt(
+    model: &Model,
     index: usize,
-    op: &'a mut Operation,
+    op: &mut Operation,
     limits: CallLimits,
     hedge: bool,
-) -> impl Future<Output = (Result<(Reply, Duration), GatewayError>, Attempt)> + 'a {
-    async move {
-        let target = &model.targets[index];
-        let health = &model.members[index].health;
-        let _in_flight = health.start();
-        let started = Instant::now();
-        let result = match op {
-            Operation::Chat(req) => chat_until_first_chunk(target, req, limits).await,
-            Operation::Embeddings(req) => target.embeddings(req, limits).await.map(Reply::Complete),
-        };
-        let elapsed = started.elapsed();
-        let cfg = &model.config.reliability.health;
-        let (outcome, status) = match &result {
-            Ok(_) => {
-                health.record_success(elapsed, cfg);
-                ("ok", 200)
-            }
-            Err(error) => {
-                match classify(error) {
-                    Some(ErrorClass::ServerError | ErrorClass::Timeout | ErrorClass::Auth) => {
-                        health.record_failure(true, cfg)
-                    }
-                    Some(ErrorClass::RateLimited) => health.record_failure(false, cfg),
-                    _ => {}
+) -> (Result<(Reply, Duration), GatewayError>, Attempt) {
+    let target = &model.targets[index];
+    let health = &model.members[index].health;
+    let _in_flight = health.start();
+    let started = Instant::now();
+    let result = match op {
+        Operation::Chat(req) => chat_until_first_chunk(target, req, limits).await,
+        Operation::Embeddings(req) => target.embeddings(req, limits).await.map(Reply::Complete),
+    };
+    let elapsed = started.elapsed();
+    let cfg = &model.config.reliability.health;
+    let (outcome, status) = match &result {
+        Ok(_) => {
+            health.record_success(elapsed, cfg);
+            ("ok", 200)
+        }
+        Err(error) => {
+            match classify(error) {
+                Some(ErrorClass::ServerError | ErrorClass::Timeout | ErrorClass::Auth) => {
+                    health.record_failure(true, cfg)
                 }
-                let status = upstream_status(error).unwrap_or(error.status().as_u16());
-                if error.source() == crate::error::ErrorSource::Provider
-                    || matches!(error, GatewayError::UpstreamRejected { .. })
-                {
-                    telemetry::upstream_error(&model.name, target.provider_name(), status, error.kind());
-                }
-                (error.kind(), status)
+                Some(ErrorClass::RateLimited) => health.record_failure(false, cfg),
+                _ => {}
             }
-        };
-        let record = Attempt {
-            model: model.name.clone(),
-            provider: Arc::from(target.provider_name()),
-            upstream_model: target.upstream_model.clone(),
-            outcome,
-            status,
-            elapsed,
-            hedge,
-        };
-        (result.map(|reply| (reply, elapsed)), record)
-    }
+            let status = upstream_status(error).unwrap_or(error.status().as_u16());
+            if error.source() == crate::error::ErrorSource::Provider
+                || matches!(error, GatewayError::UpstreamRejected { .. })
+            {
+                telemetry::upstream_error(&model.name, target.provider_name(), status, error.kind());
+            }
+            (error.kind(), status)
+        }
+    };
+    let record = Attempt {
+        model: model.name.clone(),
+        provider: Arc::from(target.provider_name()),
+        upstream_model: target.upstream_model.clone(),
+        outcome,
+        status,
+        elapsed,
+        hedge,
+    };
+    (result.map(|reply| (reply, elapsed)), record)
 }
 
 /// A chat attempt is served once the answer, or a stream's first chunk, is in hand.
