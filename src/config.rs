@@ -96,11 +96,18 @@ pub struct MockBehaviour {
 #[derive(Debug, Clone, PartialEq)]
 pub enum MockStep {
     Ok,
-    Status { status: u16, retry_after: Option<u32> },
+    Status {
+        status: u16,
+        retry_after: Option<u32>,
+    },
     Delay(Duration),
     Hang,
     Cut(usize),
     Stall(usize),
+    /// A 400 saying the prompt exceeds the context window.
+    ContextOverflow,
+    /// A 400 saying the content was filtered.
+    ContentFilter,
 }
 
 impl MockStep {
@@ -112,6 +119,8 @@ impl MockStep {
         Some(match (head, arg) {
             ("ok", None) => MockStep::Ok,
             ("hang", None) => MockStep::Hang,
+            ("context_overflow", None) => MockStep::ContextOverflow,
+            ("content_filter", None) => MockStep::ContentFilter,
             ("delay", Some(d)) => MockStep::Delay(parse_duration(d)?),
             ("cut", Some(n)) => MockStep::Cut(n.parse().ok()?),
             ("stall", Some(n)) => MockStep::Stall(n.parse().ok()?),
@@ -761,7 +770,7 @@ fn mock_behaviour(
             None => problems.push(
                 at(&format!("script[{i}]")),
                 format!("{step:?} is not a mock step"),
-                "use ok, a status like 500 or 429:3, delay:2s, hang, cut:3 or stall:3",
+                "use ok, a status like 500 or 429:3, delay:2s, hang, cut:3, stall:3, context_overflow or content_filter",
             ),
         }
     }

@@ -101,7 +101,8 @@ pub struct RawMockBehaviour {
     /// Pause between streamed chunks.
     pub chunk_interval: Option<String>,
     /// Steps consumed one per request, in order: `ok`, a status such as `500` or `429:3` (with
-    /// Retry-After), `delay:2s`, `hang`, `cut:<chunks>` (stream dies), `stall:<chunks>` (stream stops).
+    /// Retry-After), `delay:2s`, `hang`, `cut:<chunks>` (stream dies), `stall:<chunks>` (stream stops),
+    /// `context_overflow`, `content_filter`.
     #[serde(default)]
     pub script: Vec<String>,
     /// After the script: share of requests that fail with a 500.

@@ -73,6 +73,19 @@ impl MockAdapter {
             });
         }
         sleep_until(first_byte_at).await;
+        let rejection = match step {
+            MockStep::ContextOverflow => {
+                Some(("context_length_exceeded", "This model's maximum context length is 8192 tokens."))
+            }
+            MockStep::ContentFilter => {
+                Some(("content_filter", "The response was filtered by the content management policy."))
+            }
+            _ => None,
+        };
+        if let Some((code, message)) = rejection {
+            let body = json!({"error": {"message": message, "type": "invalid_request_error", "code": code}});
+            return Err(error_from_status(config, 400, None, body.to_string().as_bytes()));
+        }
         if let MockStep::Status { status, retry_after } = step {
             let body = json!({"error": {"message": format!("scripted mock failure {status}"), "type": "server_error"}});
             return Err(error_from_status(
