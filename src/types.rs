@@ -228,6 +228,32 @@ pub struct ChatChunk {
     pub choices: Vec<ChunkChoice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<Usage>,
+    /// Fields the gateway does not model (e.g. `system_fingerprint`), kept when re-serialized.
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ChatChunk {
+    /// A chunk carrying one delta for choice 0.
+    pub fn delta(id: &str, created: u64, model: &str, delta: Delta, finish: Option<&str>) -> Self {
+        Self {
+            id: id.to_string(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.to_string(),
+            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
+            usage: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The final usage chunk (`choices: []`), as OpenAI sends with `include_usage`.
+    pub fn usage(id: &str, created: u64, model: &str, usage: Usage) -> Self {
+        let mut chunk = Self::delta(id, created, model, Delta::default(), None);
+        chunk.choices.clear();
+        chunk.usage = Some(usage);
+        chunk
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -16,7 +16,7 @@ use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, t
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::types::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FunctionCall, FunctionCallDelta, MessageContent,
+    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, FunctionCall, FunctionCallDelta, MessageContent,
     PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
 
@@ -511,14 +511,7 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Delta, finish: Option<&str>) -> ChatChunk {
-        ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
-            usage: None,
-        }
+        ChatChunk::delta(&self.id, self.created, &self.model, delta, finish)
     }
 
     fn protocol(&self, message: String) -> GatewayError {

@@ -17,8 +17,8 @@ use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, e
 use crate::config::{DeploymentConfig, ProviderConfig, Secret};
 use crate::error::GatewayError;
 use crate::types::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, EmbeddingsRequest, FunctionCall,
-    FunctionCallDelta, MessageContent, PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
+    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, EmbeddingsRequest, FunctionCall, FunctionCallDelta,
+    MessageContent, PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
 
 pub const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
@@ -635,14 +635,7 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Delta, finish: Option<&str>) -> StreamChunk {
-        stream::chunk(&ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
-            usage: None,
-        })
+        stream::chunk(&ChatChunk::delta(&self.id, self.created, &self.model, delta, finish))
     }
 
     fn tool_chunk(&self, delta: ToolCallDelta) -> StreamChunk {
@@ -650,14 +643,7 @@ impl StreamTranslator {
     }
 
     fn usage_chunk(&self, usage: Usage) -> StreamChunk {
-        stream::chunk(&ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: Vec::new(),
-            usage: Some(usage),
-        })
+        stream::chunk(&ChatChunk::usage(&self.id, self.created, &self.model, usage))
     }
 
     fn protocol(&self, message: String) -> GatewayError {

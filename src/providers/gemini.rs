@@ -15,8 +15,8 @@ use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, t
 use crate::config::{DeploymentConfig, ProviderConfig};
 use crate::error::GatewayError;
 use crate::types::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, EmbeddingsRequest, FunctionCall,
-    FunctionCallDelta, MessageContent, PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
+    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, EmbeddingsRequest, FunctionCall, FunctionCallDelta,
+    MessageContent, PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
 
 /// Google's documented placeholder for a `thoughtSignature` the client cannot give back. Gemini 3
@@ -756,14 +756,7 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, delta: Delta, finish: Option<&str>) -> ChatChunk {
-        ChatChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
-            usage: None,
-        }
+        ChatChunk::delta(&self.id, self.created, &self.model, delta, finish)
     }
 }
 

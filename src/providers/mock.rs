@@ -15,8 +15,8 @@ use crate::config::{MockBehaviour, MockStep, ProviderConfig};
 use crate::error::GatewayError;
 
 use crate::types::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, EmbeddingsRequest, FunctionCall,
-    FunctionCallDelta, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
+    ChatChunk, ChatRequest, ChatResponse, Choice, Delta, EmbeddingsRequest, FunctionCall, FunctionCallDelta,
+    ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
 
 /// The `mock` provider's adapter: deterministic answers, with the latency and scripted faults of
@@ -268,14 +268,7 @@ pub fn chunks(req: &ChatRequest, model: &str, include_usage: bool) -> Vec<ChatCh
     let full = complete(req, model);
     let id = full.id.clone();
     let created = full.created;
-    let chunk = |delta: Delta, finish: Option<&str>| ChatChunk {
-        id: id.clone(),
-        object: "chat.completion.chunk".into(),
-        created,
-        model: model.to_string(),
-        choices: vec![ChunkChoice { index: 0, delta, finish_reason: finish.map(str::to_string) }],
-        usage: None,
-    };
+    let chunk = |delta: Delta, finish: Option<&str>| ChatChunk::delta(&id, created, model, delta, finish);
     let mut out =
         vec![chunk(Delta { role: Some(Role::Assistant), content: Some(String::new()), tool_calls: None }, None)];
     let Some(choice) = full.choices.into_iter().next() else { return out };
