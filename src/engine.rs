@@ -3,6 +3,7 @@
 
 pub mod call;
 pub mod pipeline;
+pub mod resume;
 pub mod retry;
 
 use std::collections::HashMap;

@@ -289,3 +289,21 @@ async fn a_silent_upstream_stream_gets_keepalive_comments() {
     assert!(text.matches(": keep-alive\n\n").count() >= 10, "{text}");
     assert!(text.ends_with("data: [DONE]\n\n"));
 }
+
+#[tokio::test]
+async fn failover_is_invisible_but_reported_in_x_gateway_attempts() {
+    let h = Harness::start_with(
+        "  pair:\n    strategy: round_robin\n    deployments: [ { provider: openai, model: gpt-4o-mini }, { provider: mock, model: mock-1 } ]\n",
+    )
+    .await;
+    h.upstream.push_fault(Fault::status(503));
+    let response =
+        h.post("/v1/chat/completions", json!({"model": "pair", "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-provider"], "mock");
+    assert_eq!(response.headers()["x-gateway-attempts"], "openai/gpt-4o-mini=server_error:503, mock/mock-1=ok:200");
+    // The next request starts at the other deployment and needs one attempt.
+    let response =
+        h.post("/v1/chat/completions", json!({"model": "pair", "messages": [{"role": "user", "content": "x"}]})).await;
+    assert_eq!(response.headers()["x-gateway-attempts"], "mock/mock-1=ok:200");
+}

@@ -3,6 +3,7 @@
 //! canary recovery, hedging and invisible stream failover through the real pipeline.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -15,9 +16,9 @@ use llm_gateway::telemetry::RequestRecord;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-fn snapshot(yaml: &str) -> Snapshot {
+fn snapshot(yaml: &str) -> Arc<Snapshot> {
     let config = Config::parse("reliability.yaml", yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
-    Snapshot::build(config, &Shared::default()).unwrap()
+    Arc::new(Snapshot::build(config, &Shared::default()).unwrap())
 }
 
 struct Outcome {
@@ -39,7 +40,7 @@ impl Outcome {
     }
 }
 
-async fn ask_with(snap: &Snapshot, model: &str, headers: &HeaderMap, stream: bool) -> Outcome {
+async fn ask_with(snap: &Arc<Snapshot>, model: &str, headers: &HeaderMap, stream: bool) -> Outcome {
     let body = json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}).to_string();
     let mut record = RequestRecord::new("t".into(), "chat_completions");
     let started = Instant::now();
@@ -52,6 +53,8 @@ async fn ask_with(snap: &Snapshot, model: &str, headers: &HeaderMap, stream: boo
             while let Some(Ok(bytes)) = sse.next().await {
                 text.extend_from_slice(&bytes);
             }
+            // The body accounts the request when it is dropped: collect its record.
+            drop(sse);
             Ok(Value::String(String::from_utf8(text).unwrap()))
         }
         Err(e) => Err(e),
@@ -59,7 +62,7 @@ async fn ask_with(snap: &Snapshot, model: &str, headers: &HeaderMap, stream: boo
     Outcome { result, record, elapsed: started.elapsed() }
 }
 
-async fn ask(snap: &Snapshot, model: &str) -> Outcome {
+async fn ask(snap: &Arc<Snapshot>, model: &str) -> Outcome {
     ask_with(snap, model, &HeaderMap::new(), false).await
 }
 
@@ -261,4 +264,37 @@ async fn sticky_sessions_keep_an_agent_on_one_deployment() {
         seen.insert(ask(&snap, "m").await.served_by());
     }
     assert!(seen.len() > 1, "{seen:?}");
+}
+
+/// The `data:` payloads of a stream, `[DONE]` excluded.
+fn chunks(text: &str) -> Vec<Value> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn stream_dying_mid_way_resumes_on_another_deployment_as_one_stream() {
+    let snap = snapshot(&format!(
+        "providers:\n{}{}models:\n  m:\n    strategy: round_robin\n    stream_failover: continue\n    deployments: [ {{ provider: a, model: a1 }}, {{ provider: b, model: b1 }} ]\n",
+        mock("a", "cut:4"),
+        mock("b", "ok")
+    ));
+    let out = ask_with(&snap, "m", &HeaderMap::new(), true).await;
+    let text = out.result.as_ref().unwrap().as_str().unwrap().to_string();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    let chunks = chunks(&text);
+    assert!(chunks.iter().all(|c| c.get("error").is_none()), "{text}");
+    let roles = chunks.iter().filter(|c| !c["choices"][0]["delta"]["role"].is_null()).count();
+    assert_eq!(roles, 1, "one role chunk: {text}");
+    let ids: std::collections::HashSet<&str> = chunks.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids.len(), 1, "one id throughout: {ids:?}");
+    let content: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    // a1 streamed "Mock reply from" and died; b1 restated that and went on: the repeat is trimmed.
+    assert!(content.starts_with("Mock reply from b1: you said"), "{content}");
+    assert_eq!(content.matches("Mock reply from").count(), 1, "{content}");
+    let finish = chunks.iter().find(|c| c["choices"][0]["finish_reason"].is_string()).unwrap();
+    assert_eq!(finish["x_gateway"]["resumed_on"], "b/b1");
 }

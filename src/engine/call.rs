@@ -109,12 +109,14 @@ pub fn upstream_status(error: &GatewayError) -> Option<u16> {
     }
 }
 
-/// Runs `op` for `model`, its deployments and its fallback models.
+/// Runs `op` for `model`, its deployments and its fallback models; `avoid` is a deployment of
+/// `model` to try last.
 pub async fn run(
     snapshot: &Snapshot,
     model: Arc<Model>,
     op: &mut Operation,
     session: Option<&str>,
+    avoid: Option<usize>,
     attempts: &mut Vec<Attempt>,
 ) -> Result<Served, GatewayError> {
     let started = Instant::now();
@@ -126,7 +128,12 @@ pub async fn run(
     let mut used = 0u32;
     loop {
         let rel = current.config.reliability.clone();
-        let plan = current.balancer.plan(&current.members, &rel, session);
+        let mut plan = current.balancer.plan(&current.members, &rel, session);
+        // A deployment that just failed this request (a resumed stream) is tried last.
+        if let Some(avoid) = avoid.filter(|_| visited.len() == 1) {
+            plan.retain(|&i| i != avoid);
+            plan.push(avoid);
+        }
         let mut may_hedge = rel.hedge.is_some() && attempts.is_empty() && plan.len() > 1;
         'targets: for (position, &index) in plan.iter().enumerate() {
             for try_no in 0..rel.retry.attempts {

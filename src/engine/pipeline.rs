@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +21,9 @@ use http::HeaderMap;
 use serde::de::DeserializeOwned;
 
 use super::call::{self, Operation, Reply, Served};
+use super::resume::{self, ResumeContext};
 use super::{Model, Snapshot};
+use crate::config::StreamFailover;
 use crate::error::GatewayError;
 use crate::providers::{ChunkStream, StreamChunk, anthropic_inbound};
 use crate::telemetry::{self, RequestRecord};
@@ -34,7 +36,7 @@ pub enum Output {
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     record: &mut RequestRecord,
     headers: &HeaderMap,
     body: &[u8],
@@ -46,7 +48,7 @@ pub async fn chat_completions(
 
 /// `POST /v1/messages`: the Anthropic-compatible API, served by any configured model.
 pub async fn messages(
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     record: &mut RequestRecord,
     headers: &HeaderMap,
     body: &[u8],
@@ -65,7 +67,7 @@ pub async fn messages(
 
 /// The chat steps shared by both chat APIs, from a parsed canonical request.
 async fn chat(
-    snapshot: &Snapshot,
+    snapshot: &Arc<Snapshot>,
     record: &mut RequestRecord,
     headers: &HeaderMap,
     req: ChatRequest,
@@ -88,7 +90,24 @@ async fn chat(
         }
         Reply::Stream { first, rest } => {
             let keepalive = snapshot.config.server.sse_keepalive;
-            Ok(Output::Stream(Box::new(SseBody::new(first, rest, client_wants_usage, keepalive))))
+            let continues = served.model.config.reliability.stream_failover == StreamFailover::Continue;
+            let (first, rest, notes) = match op {
+                Operation::Chat(request) if continues => {
+                    let notes = Arc::new(Mutex::new(Vec::new()));
+                    let context = ResumeContext {
+                        snapshot: snapshot.clone(),
+                        model: served.model.clone(),
+                        target: served.target,
+                        request,
+                        notes: notes.clone(),
+                    };
+                    (None, resume::resumable(first, rest, context), Some(notes))
+                }
+                _ => (first, rest, None),
+            };
+            let mut body = SseBody::new(first, rest, client_wants_usage, keepalive);
+            body.notes = notes;
+            Ok(Output::Stream(Box::new(body)))
         }
     }
 }
@@ -103,7 +122,7 @@ async fn call_step(
     session: Option<&str>,
 ) -> Result<Served, GatewayError> {
     let mut attempts = Vec::new();
-    let result = call::run(snapshot, model.clone(), op, session, &mut attempts).await;
+    let result = call::run(snapshot, model.clone(), op, session, None, &mut attempts).await;
     record.attempts = (!attempts.is_empty()).then(|| call::describe(&attempts));
     let served = result?;
     let target = &served.model.targets[served.target];
@@ -268,6 +287,8 @@ pub struct SseBody {
     error: Option<GatewayError>,
     /// Set for `/v1/messages`: re-frames the OpenAI chunks as Anthropic events.
     pub(crate) anthropic: Option<Box<anthropic_inbound::EventWriter>>,
+    /// Mid-stream failovers (`stream_failover: continue`), for the request log.
+    notes: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl SseBody {
@@ -282,6 +303,7 @@ impl SseBody {
             record: None,
             error: None,
             anthropic: None,
+            notes: None,
         }
     }
 
@@ -381,6 +403,13 @@ impl Stream for SseBody {
 impl Drop for SseBody {
     fn drop(&mut self) {
         let Some((mut record, overhead)) = self.record.take() else { return };
+        let notes = self.notes.as_ref().and_then(|n| n.lock().ok().map(|n| n.join(", ")));
+        if let Some(notes) = notes.filter(|n| !n.is_empty()) {
+            record.attempts = Some(match record.attempts.take() {
+                Some(before) => format!("{before}, {notes}"),
+                None => notes,
+            });
+        }
         let outcome = match (&self.phase, &self.error) {
             (Phase::Finished, None) => "ok",
             (Phase::Finished, Some(_)) => "error",
