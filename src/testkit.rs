@@ -4,4 +4,4 @@ pub mod replay;
 pub mod upstream;
 
 pub use replay::{Replay, ReplayUpstream};
-pub use upstream::{Fault, MockUpstream, Recorded};
+pub use upstream::{Chaos, Fault, MockUpstream, Recorded};

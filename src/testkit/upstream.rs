@@ -78,6 +78,59 @@ struct MockState {
     split: AtomicUsize,
     /// Pause before each streamed event, in microseconds; 0 streams without pauses.
     chunk_interval_us: AtomicU64,
+    /// Random faults for chaos benchmarks, used when no scripted fault is queued.
+    chaos: Mutex<Option<Chaos>>,
+}
+
+/// Random misbehaviour, for chaos benchmarks: each request rolls the dice.
+#[derive(Debug, Clone, Default)]
+pub struct Chaos {
+    /// Latency before every answer.
+    pub latency: Duration,
+    /// Share of requests answered with a 500.
+    pub error_rate: f64,
+    /// Share of requests answered with a 429 (`retry-after: 1`).
+    pub rate_limit_rate: f64,
+    /// Share of requests that take `spike_latency` longer.
+    pub spike_rate: f64,
+    pub spike_latency: Duration,
+    /// A full outage (every request 503) from `start` to `end`.
+    pub outage: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// Share of streams that die half-way / stall half-way.
+    pub stream_cut_rate: f64,
+    pub stream_stall_rate: f64,
+}
+
+impl Chaos {
+    /// The fault for one request, and the latency before answering.
+    fn roll(&self) -> (Option<Fault>, Duration) {
+        let now = tokio::time::Instant::now();
+        if self.outage.is_some_and(|(start, end)| now >= start && now < end) {
+            return (Some(Fault::status(503)), self.latency);
+        }
+        let mut latency = self.latency;
+        if crate::rng::unit() < self.spike_rate {
+            latency += self.spike_latency;
+        }
+        let roll = crate::rng::unit();
+        let mut edge = self.error_rate;
+        if roll < edge {
+            return (Some(Fault::status(500)), latency);
+        }
+        edge += self.rate_limit_rate;
+        if roll < edge {
+            return (Some(Fault::rate_limited("1")), latency);
+        }
+        edge += self.stream_cut_rate;
+        if roll < edge {
+            return (Some(Fault::StreamCut { after: 5 }), latency);
+        }
+        edge += self.stream_stall_rate;
+        if roll < edge {
+            return (Some(Fault::StreamStall { after: 5 }), latency);
+        }
+        (None, latency)
+    }
 }
 
 pub struct MockUpstream {
@@ -131,6 +184,13 @@ impl MockUpstream {
 
     pub fn last_request(&self) -> Option<Recorded> {
         self.requests().pop()
+    }
+
+    /// Turns on random faults for every request that has no scripted fault.
+    pub fn set_chaos(&self, chaos: Chaos) {
+        if let Ok(mut slot) = self.state.chaos.lock() {
+            *slot = Some(chaos);
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -196,7 +256,17 @@ async fn handle(
             body: parsed.clone().unwrap_or(Value::Null),
         });
     }
-    let fault = state.faults.lock().ok().and_then(|mut f| f.pop_front());
+    let mut fault = state.faults.lock().ok().and_then(|mut f| f.pop_front());
+    let chaos = state.chaos.lock().ok().and_then(|c| c.clone());
+    if fault.is_none()
+        && let Some(chaos) = chaos
+    {
+        let (rolled, latency) = chaos.roll();
+        fault = rolled;
+        if !latency.is_zero() {
+            tokio::time::sleep(latency).await;
+        }
+    }
     match &fault {
         Some(Fault::Status { status, body, headers }) => {
             let mut response = Response::new(Body::from(body.clone()));
