@@ -165,7 +165,12 @@ async fn sighup_reloads_and_sigterm_drains_in_flight_requests() {
     let in_flight = tokio::spawn(async move {
         client.post(url).json(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}]})).send().await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Signal only once the request is in flight (it has reached the upstream).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while upstream.hits() == 0 {
+        assert!(Instant::now() < deadline, "the request never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     served.signal("TERM");
     let response = in_flight.await.unwrap().unwrap();
     assert_eq!(response.status(), 200, "the in-flight request must complete during the drain");
