@@ -298,3 +298,16 @@ async fn stream_dying_mid_way_resumes_on_another_deployment_as_one_stream() {
     let finish = chunks.iter().find(|c| c["choices"][0]["finish_reason"].is_string()).unwrap();
     assert_eq!(finish["x_gateway"]["resumed_on"], "b/b1");
 }
+
+#[tokio::test(start_paused = true)]
+async fn content_filter_and_credential_failures_have_their_own_fallbacks() {
+    let snap = snapshot(&format!(
+        "providers:\n{}{}models:\n  main:\n    deployments: [ {{ provider: a, model: a1 }} ]\n    fallbacks: [ {{ model: lenient, on: [content_filtered] }}, {{ model: other-account, on: [auth] }} ]\n  lenient:\n    deployments: [ {{ provider: b, model: lenient-model }} ]\n  other-account:\n    deployments: [ {{ provider: b, model: other-model }} ]\n",
+        mock("a", "content_filter, \"401\""),
+        mock("b", "ok, ok")
+    ));
+    let out = ask(&snap, "main").await;
+    assert_eq!(out.attempts(), "a/a1=upstream_rejected:400, b/lenient-model=ok:200");
+    let out = ask(&snap, "main").await;
+    assert_eq!(out.attempts(), "a/a1=upstream_auth:401, b/other-model=ok:200");
+}
