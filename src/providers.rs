@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::time::Instant;
 
-use crate::config::{DeploymentConfig, ModelConfig, ProviderConfig, ProviderKind, Timeouts};
+use crate::config::{DeploymentConfig, ModelConfig, ProviderConfig, ProviderKind, Secret, Timeouts};
 use crate::error::GatewayError;
 use crate::types::{ChatRequest, EmbeddingsRequest, Usage};
 
@@ -243,7 +243,12 @@ pub fn error_from_status(
     let details = UpstreamErrorBody::parse(body, provider);
     match status {
         429 => GatewayError::UpstreamRateLimited { provider: name, retry_after, message: details.message },
-        401 | 403 => GatewayError::UpstreamAuth { provider: name, status },
+        401 | 403 => {
+            // The client only learns that the gateway's credential was refused; the operator gets
+            // the provider's reason in the log (scrubbed of every configured secret).
+            tracing::warn!(provider = %name, status, reason = %details.message, "provider rejected the gateway's credential");
+            GatewayError::UpstreamAuth { provider: name, status }
+        }
         400 | 413 | 422 => GatewayError::UpstreamRejected {
             provider: name,
             status,
@@ -268,8 +273,15 @@ impl UpstreamErrorBody {
         let error = parsed.as_ref().map(|v| v.get("error").filter(|e| e.is_object()).unwrap_or(v));
         let field = |name: &str| error.and_then(|e| e.get(name)).and_then(|v| v.as_str()).map(str::to_string);
         let mut message = upstream_message(body);
-        if let Some(key) = provider.api_key.as_ref().map(|k| k.expose()).filter(|k| !k.is_empty()) {
-            message = message.replace(key, "***");
+        let aws = provider.aws.as_ref();
+        let secrets = provider
+            .api_key
+            .iter()
+            .chain(aws.map(|a| &a.secret_access_key))
+            .chain(aws.and_then(|a| a.session_token.as_ref()))
+            .chain(provider.headers.iter().map(|(_, v)| v));
+        for secret in secrets.map(Secret::expose).filter(|s| s.len() >= 4) {
+            message = message.replace(secret, "***");
         }
         Self { message, code: field("code"), param: field("param") }
     }
