@@ -71,7 +71,11 @@ async fn one(client: &reqwest::Client, url: &str, model: &str, stream: bool) -> 
     .await;
     let (ok, garbled) = match result {
         Ok(Some((status, Some(text)))) if status.is_success() => {
-            if stream { check_stream(&text) } else { (serde_json::from_str::<serde_json::Value>(&text).is_ok(), false) }
+            if stream {
+                check_stream(&text)
+            } else {
+                (serde_json::from_str::<serde_json::Value>(&text).is_ok(), false)
+            }
         }
         // A stream cut mid-way surfaces as a body read error: the client got truncated output.
         Ok(Some((status, None))) if status.is_success() && stream => (false, true),
@@ -131,9 +135,10 @@ struct Row {
 
 async fn run(scenario: Scenario) -> Row {
     let primary = MockUpstream::start_on(([127, 0, 0, 1], 0).into(), false, 0).await.unwrap_or_else(|e| panic!("{e}"));
-    let secondary = MockUpstream::start_on(([127, 0, 0, 1], 0).into(), false, 0).await.unwrap_or_else(|e| panic!("{e}"));
+    let secondary =
+        MockUpstream::start_on(([127, 0, 0, 1], 0).into(), false, 0).await.unwrap_or_else(|e| panic!("{e}"));
     let yaml = format!(
-        "providers:\n  a: {{ kind: openai_compatible, base_url: \"{}\" }}\n  b: {{ kind: openai_compatible, base_url: \"{}\" }}\nmodels:\n  chaos:\n    deployments: [ {{ provider: a, model: m }}, {{ provider: b, model: m }} ]\n    timeouts: {{ first_byte: 2s, total: 3s }}\n{}",
+        "providers:\n  a: {{ kind: openai_compatible, base_url: \"{}\" }}\n  b: {{ kind: openai_compatible, base_url: \"{}\" }}\nmodels:\n  chaos:\n    deployments: [ {{ provider: a, model: m }}, {{ provider: b, model: m }} ]\n{}",
         primary.base_url(),
         secondary.base_url(),
         scenario.model_yaml
@@ -150,10 +155,24 @@ async fn run(scenario: Scenario) -> Row {
         chaos
     };
     primary.set_chaos(with_outage(scenario.primary.clone()));
-    let direct = drive(format!("{}/chat/completions", primary.base_url()), "m", scenario.stream, scenario.count, scenario.duration).await;
+    let direct = drive(
+        format!("{}/chat/completions", primary.base_url()),
+        "m",
+        scenario.stream,
+        scenario.count,
+        scenario.duration,
+    )
+    .await;
     primary.set_chaos(with_outage(scenario.primary.clone()));
     secondary.set_chaos(scenario.secondary.clone());
-    let gateway = drive(format!("{}/v1/chat/completions", server.url()), "chaos", scenario.stream, scenario.count, scenario.duration).await;
+    let gateway = drive(
+        format!("{}/v1/chat/completions", server.url()),
+        "chaos",
+        scenario.stream,
+        scenario.count,
+        scenario.duration,
+    )
+    .await;
     let _ = server.shutdown().await;
     Row { name: scenario.name, direct, gateway }
 }
@@ -165,7 +184,7 @@ fn ms(d: Duration) -> String {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let base = Chaos { latency: Duration::from_millis(5), ..Chaos::default() };
-    let failover = "    retry: { attempts: 2, base: 10ms, max: 200ms }\n    max_attempts: 4\n";
+    let failover = "    timeouts: { first_byte: 2s, total: 3s }\n    retry: { attempts: 2, base: 10ms, max: 200ms }\n    max_attempts: 4\n";
     let scenarios = vec![
         Scenario {
             name: "errors: primary 1 % 500s, second deployment 10 % 500s",
@@ -182,7 +201,7 @@ async fn main() {
             primary: Chaos { spike_rate: 0.05, spike_latency: Duration::from_secs(1), ..base.clone() },
             secondary: Chaos { spike_rate: 0.05, spike_latency: Duration::from_secs(1), ..base.clone() },
             outage: None,
-            model_yaml: "    strategy: least_latency\n    hedge: { after: 50ms, max_extra_percent: 10 }\n",
+            model_yaml: "    timeouts: { first_byte: 2s, total: 3s }\n    strategy: least_latency\n    hedge: { after: 50ms, max_extra_percent: 10 }\n",
             stream: false,
             count: 2_000,
             duration: None,
@@ -254,7 +273,12 @@ async fn main() {
     let current = std::fs::read_to_string(path).unwrap_or_default();
     let updated = match (current.find("<!-- chaos:begin -->"), current.find("<!-- chaos:end -->")) {
         (Some(start), Some(end)) => {
-            format!("{}{}{}", &current[..start], section, &current[end + "<!-- chaos:end -->\n".len().min(current.len() - end)..])
+            format!(
+                "{}{}{}",
+                &current[..start],
+                section,
+                &current[end + "<!-- chaos:end -->\n".len().min(current.len() - end)..]
+            )
         }
         _ => format!("{current}\n{section}"),
     };
