@@ -510,10 +510,32 @@ async fn every_provider_declares_what_it_lacks() {
         "errors",
         "timeout",
         "embeddings",
+        "images",
     ];
     for p in PROVIDERS {
         for case in p.unsupported {
             assert!(known.contains(case), "{}: unknown case {case}", p.name);
         }
+    }
+}
+
+#[tokio::test]
+async fn images_reach_the_provider_in_its_format() {
+    const PNG: &str =
+        "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+    for p in PROVIDERS.iter().filter(|p| supported(p, "images")) {
+        let rig = Rig::start(p).await;
+        rig.upstream.push(Replay::new(200, "application/json", fixture(p, "text.json")));
+        let mut body = request("text", false);
+        body["messages"][3]["content"] = json!([
+            {"type": "text", "text": "What is in this picture?"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG}")}}
+        ]);
+        let response = rig.chat(body).await;
+        assert_eq!(response.status(), 200, "{}: {}", p.name, response.text().await.unwrap());
+        let wire = rig.upstream.last_request().unwrap().body.to_string();
+        assert!(wire.contains(PNG), "{}: image bytes missing from {wire}", p.name);
+        assert!(wire.contains("png"), "{}: image type missing from {wire}", p.name);
+        assert!(wire.contains("What is in this picture?"), "{}", p.name);
     }
 }
