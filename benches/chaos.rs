@@ -183,6 +183,11 @@ fn ms(d: Duration) -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo bench` passes --bench; anything else (e.g. `cargo test --all-targets`) only checks it builds.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("chaos: run with `cargo bench --bench chaos`");
+        return;
+    }
     let base = Chaos { latency: Duration::from_millis(5), ..Chaos::default() };
     let failover = "    timeouts: { first_byte: 2s, total: 3s }\n    retry: { attempts: 2, base: 10ms, max: 200ms }\n    max_attempts: 4\n";
     let scenarios = vec![

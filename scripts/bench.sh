@@ -248,7 +248,8 @@ BENCH_PID=$$
 # run_case TARGET URL CONC STREAM PROXY-PID(or -)
 # Runs wrk (warm-up, then measured). If processes outside the benchmark used more than
 # BENCH_MAX_OTHER_PCT (default 10) % of a core during the measured run, waits and retries, up to
-# BENCH_ATTEMPTS (default 3) times, keeping the least disturbed attempt.
+# BENCH_ATTEMPTS (default 3) times, keeping the least disturbed attempt; retries stop once
+# BENCH_RETRY_BUDGET seconds (default 75) beyond the normal run time are used up.
 run_case() {
     local target=$1 url=$2 conc=$3 stream=$4 proxy_pid=$5 lua name attempt best_row="" best_other=""
     lua=$TMP/post_plain.lua
@@ -299,8 +300,13 @@ EOF
             cp "$TMP/wrk-$name.$attempt.txt" "$TMP/wrk-$name.txt"
         fi
         [ "$other" -le "${BENCH_MAX_OTHER_PCT:-10}" ] && break
+        if [ "$RETRY_SPENT" -ge "${BENCH_RETRY_BUDGET:-75}" ]; then
+            log "WARNING: other processes used $other% of a core during $name; no retry budget left"
+            break
+        fi
         log "other processes used $other% of a core during $name; waiting 5 s and retrying"
         sleep 5
+        RETRY_SPENT=$((RETRY_SPENT + 5 + WARMUP + DURATION + 1))
     done
     printf '%s\n' "$best_row" >>"$RESULTS"
 }
@@ -330,6 +336,7 @@ while :; do
     sleep 4
 done
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
+RETRY_SPENT=0 # seconds spent on retries so far
 log "cores 0 / 1 busy before the runs: $BUSY_BEFORE (load average $LOADAVG_START)"
 CHAT=/v1/chat/completions
 
