@@ -4,6 +4,7 @@
 //! → validate()`. Every problem is reported as `file: key.path: problem — fix`, all of them at once.
 
 mod raw;
+pub mod router;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -53,6 +54,7 @@ pub struct Config {
     pub client_keys: HashMap<String, Arc<str>>,
     pub providers: BTreeMap<String, Arc<ProviderConfig>>,
     pub models: BTreeMap<String, Arc<ModelConfig>>,
+    pub router: Option<router::RouterConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +152,8 @@ pub struct ModelConfig {
     pub deployments: Vec<DeploymentConfig>,
     pub timeouts: Timeouts,
     pub reliability: Reliability,
+    /// Quality per route in 0..=1 (for routes with a `quality_floor`).
+    pub quality: BTreeMap<String, f64>,
 }
 
 /// How a model survives failing deployments: balancing, retries, fallbacks, budget, hedging.
@@ -323,13 +327,13 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-struct Problems {
+pub(crate) struct Problems {
     file: String,
     list: Vec<Problem>,
 }
 
 impl Problems {
-    fn push(&mut self, path: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, problem: impl Into<String>, fix: impl Into<String>) {
         self.list.push(Problem {
             file: self.file.clone(),
             path: path.into(),
@@ -570,6 +574,10 @@ fn validate(
         }
     }
 
+    // Validated after the models, whose names routes refer to.
+    let mut problems_for_router = Problems { file: problems.file.clone(), list: Vec::new() };
+    let router_config = raw.router.and_then(|r| router::validate(r, &models, &mut problems_for_router));
+    problems.list.extend(problems_for_router.list);
     problems.into_result(Config {
         source: file.to_string(),
         server: ServerConfig {
@@ -581,6 +589,7 @@ fn validate(
         },
         client_keys,
         providers,
+        router: router_config,
         models,
     })
 }
@@ -916,7 +925,14 @@ fn model_config(
             "mark only the new deployment(s) as canary",
         );
     }
-    Some(ModelConfig { name: name.to_string(), description: raw.description, deployments, timeouts, reliability })
+    Some(ModelConfig {
+        name: name.to_string(),
+        description: raw.description,
+        deployments,
+        timeouts,
+        reliability,
+        quality: raw.quality,
+    })
 }
 
 fn reliability(name: &str, raw: &RawModel, problems: &mut Problems) -> Reliability {
@@ -1050,7 +1066,7 @@ fn reliability(name: &str, raw: &RawModel, problems: &mut Problems) -> Reliabili
     r
 }
 
-fn duration_field(problems: &mut Problems, path: &str, text: Option<&str>) -> Option<Duration> {
+pub(crate) fn duration_field(problems: &mut Problems, path: &str, text: Option<&str>) -> Option<Duration> {
     let text = text?;
     match parse_duration(text) {
         Some(d) if !d.is_zero() => Some(d),

@@ -22,6 +22,20 @@ use crate::providers::{ClientCache, Provider, Target};
 pub struct Shared {
     pub clients: ClientCache,
     pub health: HealthRegistry,
+    /// Loaded embedding models by directory: loading takes a while, so reloads reuse them.
+    embedders: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<dyn crate::route::embed::Embedder>>>,
+}
+
+impl Shared {
+    pub fn embedder(&self, dir: &std::path::Path) -> Result<Arc<dyn crate::route::embed::Embedder>, GatewayError> {
+        let mut loaded = self.embedders.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = loaded.get(dir) {
+            return Ok(e.clone());
+        }
+        let embedder = crate::route::embed::load_builtin(dir).map_err(|e| GatewayError::internal(e.to_string()))?;
+        loaded.insert(dir.to_path_buf(), embedder.clone());
+        Ok(embedder)
+    }
 }
 
 /// Everything a request needs from the configuration, built once per (re)load and then shared
@@ -31,6 +45,8 @@ pub struct Snapshot {
     pub models: HashMap<String, Arc<Model>>,
     /// Pre-rendered `GET /v1/models` body.
     pub model_list: Bytes,
+    /// Semantic routing for requests to the router's model name (`auto`).
+    pub router: Option<Arc<crate::route::Router>>,
     model_entries: HashMap<String, Bytes>,
 }
 
@@ -84,8 +100,26 @@ impl Snapshot {
                 }),
             );
         }
+        let router = match &config.router {
+            None => None,
+            Some(rc) => {
+                let embedder =
+                    if rc.embedding.enabled { Some(shared.embedder(&rc.embedding.model_dir)?) } else { None };
+                let price = |name: &str| {
+                    models
+                        .get(name)
+                        .and_then(|m: &Arc<Model>| m.targets.first())
+                        .and_then(|t| t.price)
+                        .map(|p| p.input + p.output)
+                };
+                let router = crate::route::Router::build(rc, &config.models, &price, embedder)
+                    .map_err(GatewayError::internal)?;
+                entries.push(json!({"id": rc.model_name, "object": "model", "created": 0, "owned_by": "llm-gateway"}));
+                Some(Arc::new(router))
+            }
+        };
         let model_list = Bytes::from(json!({"object": "list", "data": entries}).to_string());
-        Ok(Self { config, models, model_list, model_entries })
+        Ok(Self { config, models, model_list, model_entries, router })
     }
 
     pub fn model_entry(&self, id: &str) -> Option<&Bytes> {

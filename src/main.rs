@@ -31,6 +31,26 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Explain how the router would route a prompt, without calling any model.
+    Route {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The prompt to route.
+        #[arg(long)]
+        explain: String,
+    },
+    /// Evaluate the router on labelled prompts (JSONL rows of {"prompt": …, "intent": …}).
+    EvalRouter {
+        #[arg(long, short)]
+        config: PathBuf,
+        data: PathBuf,
+        /// Write one {"intent": …, "tier": …} per input row, in order.
+        #[arg(long)]
+        predictions: Option<PathBuf>,
+        /// Tiers 1 and 2 only: never call the classifier model.
+        #[arg(long)]
+        no_classifier: bool,
+    },
     /// Serve a mock OpenAI-compatible upstream (for benchmarks and demos).
     #[cfg(feature = "testkit")]
     #[command(hide = true)]
@@ -53,6 +73,10 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { files } => check(&files),
         Command::Serve { config, listen } => run(serve(config, listen)),
+        Command::Route { config, explain } => run(route_explain(config, explain)),
+        Command::EvalRouter { config, data, predictions, no_classifier } => {
+            run(eval_router(config, data, predictions, no_classifier))
+        }
         #[cfg(feature = "testkit")]
         Command::MockUpstream { listen, split, chunk_interval_ms } => run(async move {
             let interval = std::time::Duration::try_from_secs_f64(chunk_interval_ms / 1000.0)
@@ -135,6 +159,52 @@ async fn serve(config_path: Option<PathBuf>, listen: Option<SocketAddr>) -> Resu
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     tracing::info!(config = %source, models, "llm-gateway listening on http://{addr}");
     server::serve(gateway, listener, shutdown_signal()).await.map_err(|e| format!("server failed: {e}"))
+}
+
+fn router_snapshot(config: &std::path::Path) -> Result<std::sync::Arc<llm_gateway::engine::Snapshot>, String> {
+    let config = Config::load(config).map_err(|e| e.to_string())?;
+    if config.router.is_none() {
+        return Err(format!("{}: no `router:` section — add routes to route requests for `auto`", config.source));
+    }
+    let snapshot = llm_gateway::engine::Snapshot::build(config, &llm_gateway::engine::Shared::default())
+        .map_err(|e| e.to_string())?;
+    Ok(std::sync::Arc::new(snapshot))
+}
+
+async fn route_explain(config: PathBuf, prompt: String) -> Result<(), String> {
+    let snapshot = router_snapshot(&config)?;
+    let router = snapshot.router.clone().ok_or("no router")?;
+    let decision = llm_gateway::engine::pipeline::decide(&snapshot, &router, &prompt, false).await;
+    let text = serde_json::to_string_pretty(&decision).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+async fn eval_router(
+    config: PathBuf,
+    data: PathBuf,
+    predictions: Option<PathBuf>,
+    no_classifier: bool,
+) -> Result<(), String> {
+    use llm_gateway::route::eval;
+    let snapshot = router_snapshot(&config)?;
+    let router = snapshot.router.clone().ok_or("no router")?;
+    let text = std::fs::read_to_string(&data).map_err(|e| format!("cannot read {}: {e}", data.display()))?;
+    let rows = eval::read_rows(&text, &data.display().to_string())?;
+    let mut decisions = Vec::with_capacity(rows.len());
+    for row in &rows {
+        decisions.push(llm_gateway::engine::pipeline::decide(&snapshot, &router, &row.prompt, !no_classifier).await);
+    }
+    if let Some(path) = predictions {
+        let lines: String =
+            decisions.iter().map(|d| format!("{}\n", serde_json::json!({"intent": d.route, "tier": d.tier}))).collect();
+        std::fs::write(&path, lines).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let price = |name: &str| {
+        snapshot.models.get(name).and_then(|m| m.targets.first()).and_then(|t| t.price).map(|p| p.input + p.output)
+    };
+    print!("{}", eval::report(&rows, &decisions, router.route_names(), &price));
+    Ok(())
 }
 
 async fn shutdown_signal() {

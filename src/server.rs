@@ -31,12 +31,15 @@ const GW_UPSTREAM_MS: HeaderName = HeaderName::from_static("x-gateway-upstream-m
 const GW_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-gateway-overhead-ms");
 const GW_COST_USD: HeaderName = HeaderName::from_static("x-gateway-cost-usd");
 const GW_ATTEMPTS: HeaderName = HeaderName::from_static("x-gateway-attempts");
+const GW_ROUTE: HeaderName = HeaderName::from_static("x-gateway-route");
+const GW_ROUTE_TIER: HeaderName = HeaderName::from_static("x-gateway-route-tier");
 
 pub fn router(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/messages", post(messages))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/route/explain", post(route_explain))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/healthz", get(healthz))
@@ -189,6 +192,19 @@ async fn embeddings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Bo
     respond(result, &mut pending)
 }
 
+async fn route_explain(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+    let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "route_explain")));
+    let snapshot = gw.snapshot();
+    let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
+        Ok(bytes) => match pending.0.as_mut() {
+            Some(record) => pipeline::explain(&snapshot, record, &headers, &bytes).await,
+            None => Err(GatewayError::internal("request record missing")),
+        },
+        Err(e) => Err(e),
+    };
+    respond(result, &mut pending)
+}
+
 async fn list_models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "models")));
     let snapshot = gw.snapshot();
@@ -285,6 +301,12 @@ fn enrich(headers: &mut HeaderMap, record: &RequestRecord, overhead: Duration) {
     headers.insert(GW_OVERHEAD_MS, millis(overhead));
     if let Some(v) = record.attempts.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
         headers.insert(GW_ATTEMPTS, v);
+    }
+    if let Some((route, tier)) = &record.route {
+        if let Ok(v) = HeaderValue::from_str(route) {
+            headers.insert(GW_ROUTE, v);
+        }
+        headers.insert(GW_ROUTE_TIER, HeaderValue::from_static(tier));
     }
     // Streams send headers before usage is known; their cost is in the log line and metrics.
     if let Some(cost) = record.cost_usd()

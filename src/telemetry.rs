@@ -63,6 +63,10 @@ pub struct RequestRecord {
     pub price: Option<cost::Price>,
     /// Every upstream attempt, rendered for `x-gateway-attempts` and the log.
     pub attempts: Option<String>,
+    /// The semantic route and the tier that decided it, for requests to `auto`.
+    pub route: Option<(String, &'static str)>,
+    /// The routing decision trace (JSON) for the log.
+    pub route_trace: Option<String>,
 }
 
 impl RequestRecord {
@@ -82,6 +86,8 @@ impl RequestRecord {
             prompt_excerpt: None,
             price: None,
             attempts: None,
+            route: None,
+            route_trace: None,
         }
     }
 
@@ -141,6 +147,9 @@ impl RequestRecord {
             total_ms = total.as_secs_f64() * 1000.0,
             prompt = self.prompt_excerpt.as_deref(),
             attempts = self.attempts.as_deref(),
+            route = self.route.as_ref().map(|r| r.0.as_str()),
+            route_tier = self.route.as_ref().map(|r| r.1),
+            route_trace = self.route_trace.as_deref(),
             "request finished"
         );
     }

@@ -16,6 +16,8 @@ pub struct RawConfig {
     pub providers: BTreeMap<String, RawProvider>,
     #[serde(default)]
     pub models: BTreeMap<String, RawModel>,
+    /// Semantic routing for requests that ask for model `auto`.
+    pub router: Option<super::router::RawRouter>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,6 +144,9 @@ pub struct RawModel {
     pub sticky: Option<RawSticky>,
     /// Circuit-breaker thresholds.
     pub health: Option<RawHealth>,
+    /// Quality per route in 0..=1, for routes with a `quality_floor`.
+    #[serde(default)]
+    pub quality: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -26,6 +26,7 @@ use super::{Model, Snapshot};
 use crate::config::StreamFailover;
 use crate::error::GatewayError;
 use crate::providers::{ChunkStream, StreamChunk, anthropic_inbound};
+use crate::route::{Decision, Router, instruction};
 use crate::telemetry::{self, RequestRecord};
 use crate::types::{ChatRequest, EmbeddingsRequest};
 
@@ -70,13 +71,19 @@ async fn chat(
     snapshot: &Arc<Snapshot>,
     record: &mut RequestRecord,
     headers: &HeaderMap,
-    req: ChatRequest,
+    mut req: ChatRequest,
 ) -> Result<Output, GatewayError> {
     validate_chat(&req)?;
     record.stream = req.is_stream();
     if snapshot.config.server.log_prompts {
         record.prompt_excerpt =
             req.messages.last().and_then(|m| m.content.as_ref()).map(|c| c.text().chars().take(200).collect());
+    }
+    if let Some(router) = snapshot.router.as_ref().filter(|r| r.config.model_name == req.model) {
+        let decision = route(snapshot, router, &req).await;
+        record.route = Some((decision.route.clone(), decision.tier));
+        record.route_trace = Some(decision.to_json().to_string());
+        req.model = decision.model;
     }
     let model = resolve_model(snapshot, &req.model, record)?;
     let client_wants_usage = req.wants_stream_usage();
@@ -110,6 +117,105 @@ async fn chat(
             Ok(Output::Stream(Box::new(body)))
         }
     }
+}
+
+/// Route step: keyword rules, then embeddings (off the async executor), then the classifier
+/// model, then the default route.
+pub async fn route(snapshot: &Arc<Snapshot>, router: &Arc<Router>, req: &ChatRequest) -> Decision {
+    decide(snapshot, router, &instruction::last_user_text(&req.messages), true).await
+}
+
+/// Runs the tiers on a prompt; `use_classifier: false` never calls a model (explain, evaluation).
+pub async fn decide(snapshot: &Snapshot, router: &Arc<Router>, prompt: &str, use_classifier: bool) -> Decision {
+    let mut decision = router.keyword_tier(prompt);
+    if !decision.decided() && router.has_embeddings() {
+        let router = router.clone();
+        let pending = decision.clone();
+        decision = tokio::task::spawn_blocking(move || {
+            let mut d = pending;
+            router.embedding_tier(&mut d);
+            d
+        })
+        .await
+        .unwrap_or(decision);
+    }
+    if router.wants_classifier(&decision) {
+        if use_classifier {
+            classify(snapshot, router, &mut decision).await;
+        } else {
+            decision.classifier.note = Some("not run: explain and --no-classifier never call a model".into());
+        }
+    }
+    router.finish(&mut decision);
+    decision
+}
+
+/// `POST /v1/route/explain`: the routing decision for `{"prompt": …}` or `{"messages": […]}`,
+/// without calling any model.
+pub async fn explain(
+    snapshot: &Arc<Snapshot>,
+    record: &mut RequestRecord,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Output, GatewayError> {
+    authenticate(snapshot, headers, record)?;
+    let router = snapshot.router.as_ref().ok_or_else(|| {
+        GatewayError::invalid("this gateway has no `router:` configured, so there is nothing to explain")
+    })?;
+    let value: serde_json::Value = parse_json(body)?;
+    let prompt = match (value.get("prompt").and_then(|p| p.as_str()), value.get("messages")) {
+        (Some(prompt), _) => prompt.to_string(),
+        (None, Some(messages)) => {
+            let messages: Vec<crate::types::Message> =
+                serde_json::from_value(messages.clone()).map_err(|e| GatewayError::InvalidRequest {
+                    message: format!("invalid messages: {e}"),
+                    param: Some("messages".into()),
+                })?;
+            instruction::last_user_text(&messages)
+        }
+        (None, None) => {
+            return Err(GatewayError::InvalidRequest {
+                message: "send {\"prompt\": \"…\"} or {\"messages\": […]}".into(),
+                param: Some("prompt".into()),
+            });
+        }
+    };
+    let decision = decide(snapshot, router, &prompt, false).await;
+    Ok(Output::Json(Bytes::from(serde_json::to_vec(&decision).unwrap_or_default())))
+}
+
+/// Tier 3: asks the classifier model (cached by instruction); a timeout or a bad answer leaves
+/// the decision to the default route.
+async fn classify(snapshot: &Snapshot, router: &Router, decision: &mut Decision) {
+    let started = tokio::time::Instant::now();
+    if let Some(cached) = router.cached_classification(decision) {
+        router.apply_classification(decision, Ok(cached), 0, true);
+        return;
+    }
+    let cfg = &router.config.classifier;
+    let answer = async {
+        let name = cfg.model.as_deref().unwrap_or_default();
+        let model =
+            snapshot.models.get(name).cloned().ok_or_else(|| format!("classifier model {name:?} is missing"))?;
+        let request: ChatRequest =
+            serde_json::from_value(router.classifier_request(decision)).map_err(|e| e.to_string())?;
+        let mut op = Operation::Chat(request);
+        let mut attempts = Vec::new();
+        let call = call::run(snapshot, model, &mut op, None, None, &mut attempts);
+        let served = tokio::time::timeout(cfg.timeout, call)
+            .await
+            .map_err(|_| format!("classifier timed out after {} ms", cfg.timeout.as_millis()))?
+            .map_err(|e| format!("classifier failed: {e}"))?;
+        let Reply::Complete(completion) = served.reply else {
+            return Err("classifier answered with a stream".to_string());
+        };
+        let response: crate::types::ChatResponse =
+            serde_json::from_slice(&completion.body).map_err(|e| format!("classifier answer unreadable: {e}"))?;
+        let text = response.choices.first().and_then(|c| c.message.content.clone()).unwrap_or_default();
+        router.parse_classification(decision, &text)
+    }
+    .await;
+    router.apply_classification(decision, answer, started.elapsed().as_micros() as u64, false);
 }
 
 /// Plan and call: the reliability engine picks deployments, retries and falls back; the record

@@ -1,0 +1,234 @@
+//! The `router:` section: semantic routes for requests that ask for model `auto`, and the
+//! three tiers that pick one (keyword rules, local embeddings, an LLM classifier).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{ModelConfig, Problems, duration_field};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouter {
+    /// The model name clients ask for to be routed. Default `auto`.
+    pub model_name: Option<String>,
+    /// The route used when no tier decides.
+    pub default: String,
+    #[serde(default)]
+    pub keyword: Option<RawKeywordTier>,
+    #[serde(default)]
+    pub embedding: Option<RawEmbeddingTier>,
+    #[serde(default)]
+    pub classifier: Option<RawClassifierTier>,
+    pub routes: Vec<RawRoute>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeywordTier {
+    pub enabled: Option<bool>,
+    /// Weighted keyword score a route needs to decide. Default 2.
+    pub threshold: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEmbeddingTier {
+    pub enabled: Option<bool>,
+    /// `builtin` (the local MiniLM model) or the name of an embeddings model in `models:`.
+    pub model: Option<String>,
+    /// Where the builtin model's files are. Default `models/all-MiniLM-L6-v2`.
+    pub model_dir: Option<String>,
+    /// Cosine similarity the best route needs. Default 0.45.
+    pub min_similarity: Option<f64>,
+    /// Lead over the runner-up route the best one needs. Default 0.04.
+    pub margin: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClassifierTier {
+    pub enabled: Option<bool>,
+    /// A chat model from `models:` that picks a route when the other tiers abstain.
+    pub model: Option<String>,
+    /// Default `800ms`.
+    pub timeout: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub name: String,
+    /// The model that serves this route (or, with `quality_floor`, the fallback if no model meets it).
+    pub model: String,
+    pub description: String,
+    #[serde(default)]
+    pub keywords: Vec<RawKeyword>,
+    #[serde(default)]
+    pub regexes: Vec<String>,
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// The cheapest model whose `quality` for this route reaches the floor is chosen.
+    pub quality_floor: Option<f64>,
+}
+
+/// A keyword, optionally weighted: `"traceback"` or `{ text: "select", weight: 0.5 }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawKeyword {
+    Plain(String),
+    Weighted { text: String, weight: f64 },
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    pub model_name: String,
+    pub default: String,
+    pub keyword: KeywordTier,
+    pub embedding: EmbeddingTier,
+    pub classifier: ClassifierTier,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct KeywordTier {
+    pub enabled: bool,
+    pub threshold: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbeddingTier {
+    pub enabled: bool,
+    pub model: String,
+    pub model_dir: PathBuf,
+    pub min_similarity: f64,
+    pub margin: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClassifierTier {
+    pub enabled: bool,
+    pub model: Option<String>,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    pub name: String,
+    pub model: String,
+    pub description: String,
+    pub keywords: Vec<(String, f64)>,
+    pub regexes: Vec<String>,
+    pub examples: Vec<String>,
+    pub quality_floor: Option<f64>,
+}
+
+pub(crate) fn validate(
+    raw: RawRouter,
+    models: &BTreeMap<String, Arc<ModelConfig>>,
+    problems: &mut Problems,
+) -> Option<RouterConfig> {
+    let model_exists = |name: &str| models.contains_key(name);
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let at = |key: &str| format!("router.routes[{i}].{key}");
+        if !model_exists(&r.model) {
+            problems.push(at("model"), format!("unknown model {:?}", r.model), "name a model from `models:`");
+        }
+        if routes.iter().any(|x: &RouteConfig| x.name == r.name) {
+            problems.push(at("name"), format!("route {:?} is defined twice", r.name), "give each route its own name");
+        }
+        for (j, pattern) in r.regexes.iter().enumerate() {
+            if let Err(e) = regex::Regex::new(pattern) {
+                problems.push(at(&format!("regexes[{j}]")), format!("not a valid regex: {e}"), "fix the pattern");
+            }
+        }
+        if let Some(floor) = r.quality_floor
+            && !(0.0..=1.0).contains(&floor)
+        {
+            problems.push(at("quality_floor"), format!("{floor} is outside 0..=1"), "use a score between 0 and 1");
+        }
+        let keywords = r
+            .keywords
+            .into_iter()
+            .map(|k| match k {
+                RawKeyword::Plain(text) => (text, 1.0),
+                RawKeyword::Weighted { text, weight } => (text, weight),
+            })
+            .filter(|(text, _)| !text.is_empty())
+            .collect();
+        routes.push(RouteConfig {
+            name: r.name,
+            model: r.model,
+            description: r.description,
+            keywords,
+            regexes: r.regexes,
+            examples: r.examples,
+            quality_floor: r.quality_floor,
+        });
+    }
+    if routes.is_empty() {
+        problems.push(
+            "router.routes",
+            "a router needs at least one route",
+            "add routes with a name, model, description and examples",
+        );
+    }
+    if !routes.iter().any(|r| r.name == raw.default) {
+        problems.push(
+            "router.default",
+            format!("{:?} is not one of the routes", raw.default),
+            "name one of the routes",
+        );
+    }
+    let keyword = raw.keyword.unwrap_or_default();
+    let embedding = raw.embedding.unwrap_or_default();
+    let classifier = raw.classifier.unwrap_or_default();
+    if let Some(model) = &classifier.model
+        && !model_exists(model)
+    {
+        problems.push(
+            "router.classifier.model",
+            format!("unknown model {model:?}"),
+            "name a chat model from `models:`",
+        );
+    }
+    let embedding_model = embedding.model.clone().unwrap_or_else(|| "builtin".into());
+    if embedding_model != "builtin" && !model_exists(&embedding_model) {
+        problems.push(
+            "router.embedding.model",
+            format!("unknown model {embedding_model:?}"),
+            "use builtin or an embeddings model from `models:`",
+        );
+    }
+    let model_name = raw.model_name.unwrap_or_else(|| "auto".into());
+    if model_exists(&model_name) {
+        problems.push(
+            "router.model_name",
+            format!("{model_name:?} is also a model name"),
+            "pick a name no model uses, e.g. auto",
+        );
+    }
+    Some(RouterConfig {
+        model_name,
+        default: raw.default,
+        keyword: KeywordTier { enabled: keyword.enabled.unwrap_or(true), threshold: keyword.threshold.unwrap_or(2.0) },
+        embedding: EmbeddingTier {
+            enabled: embedding.enabled.unwrap_or(true),
+            model: embedding_model,
+            model_dir: PathBuf::from(embedding.model_dir.unwrap_or_else(|| "models/all-MiniLM-L6-v2".into())),
+            min_similarity: embedding.min_similarity.unwrap_or(0.45),
+            margin: embedding.margin.unwrap_or(0.04),
+        },
+        classifier: ClassifierTier {
+            enabled: classifier.enabled.unwrap_or(true) && classifier.model.is_some(),
+            model: classifier.model,
+            timeout: duration_field(problems, "router.classifier.timeout", classifier.timeout.as_deref())
+                .unwrap_or(Duration::from_millis(800)),
+        },
+        routes,
+    })
+}

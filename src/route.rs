@@ -1,0 +1,333 @@
+//! The route step: a request for model `auto` is sent to the model of the route its prompt
+//! belongs to, decided by the cheapest tier that is confident:
+//!
+//! 1. keyword and regex rules (microseconds),
+//! 2. similarity to each route's example utterances with a local embedding model (milliseconds),
+//! 3. a small LLM classifier asked to pick a route (the last resort, run by the pipeline),
+//!
+//! and the default route when none decides. Only the prompt's instruction is judged (see
+//! `instruction`). Every decision carries a trace: which tier decided, the scores, the runner-up
+//! and the time each tier took.
+
+pub mod embed;
+pub mod eval;
+pub mod instruction;
+pub mod rules;
+
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::config::ModelConfig;
+use crate::config::router::RouterConfig;
+use embed::Embedder;
+use rules::Rules;
+
+/// How many classifier answers are remembered (by instruction).
+const CLASSIFIER_CACHE: usize = 10_000;
+
+pub struct Router {
+    pub config: RouterConfig,
+    names: Vec<String>,
+    /// The model each route sends to (after the cost-aware choice).
+    models: Vec<String>,
+    rules: Option<Rules>,
+    examples: Option<ExampleIndex>,
+    classifier_cache: Mutex<HashMap<u64, Option<usize>>>,
+}
+
+struct ExampleIndex {
+    embedder: Arc<dyn Embedder>,
+    /// (route, unit vector) for every example utterance.
+    vectors: Vec<(usize, Vec<f32>)>,
+}
+
+/// What one tier saw.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TierTrace {
+    pub ran: bool,
+    pub decided: bool,
+    /// Best routes first (at most 3).
+    pub scores: Vec<(String, f64)>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub matched: Vec<String>,
+    pub micros: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A routing decision and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct Decision {
+    pub route: String,
+    pub model: String,
+    /// `keyword`, `embedding`, `classifier` or `default`.
+    pub tier: &'static str,
+    pub runner_up: Option<String>,
+    pub instruction: String,
+    pub keyword: TierTrace,
+    pub embedding: TierTrace,
+    pub classifier: TierTrace,
+}
+
+impl Decision {
+    pub fn decided(&self) -> bool {
+        self.tier != "pending"
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+fn top3(scores: &[(usize, f64)], names: &[String]) -> Vec<(String, f64)> {
+    scores.iter().take(3).map(|(i, s)| (names[*i].clone(), (s * 1000.0).round() / 1000.0)).collect()
+}
+
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+}
+
+fn hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+impl Router {
+    /// Compiles the rules, embeds every example (through `embedder`, when the tier is on) and
+    /// resolves each route's model. `price` gives a model's blended USD per million tokens.
+    pub fn build(
+        config: &RouterConfig,
+        models: &BTreeMap<String, Arc<ModelConfig>>,
+        price: &dyn Fn(&str) -> Option<f64>,
+        embedder: Option<Arc<dyn Embedder>>,
+    ) -> Result<Self, String> {
+        let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
+        let rules =
+            if config.keyword.enabled { Some(Rules::new(&config.routes, config.keyword.threshold)?) } else { None };
+        let examples = match (config.embedding.enabled, embedder) {
+            (true, Some(embedder)) => {
+                let mut texts = Vec::new();
+                let mut owners = Vec::new();
+                for (route, r) in config.routes.iter().enumerate() {
+                    for example in &r.examples {
+                        texts.push(example.as_str());
+                        owners.push(route);
+                    }
+                }
+                let vectors = if texts.is_empty() {
+                    Vec::new()
+                } else {
+                    embedder.embed(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
+                };
+                Some(ExampleIndex { embedder, vectors: owners.into_iter().zip(vectors).collect() })
+            }
+            _ => None,
+        };
+        let models_for_routes = config
+            .routes
+            .iter()
+            .map(|route| match route.quality_floor {
+                None => route.model.clone(),
+                Some(floor) => models
+                    .iter()
+                    .filter(|(_, m)| m.quality.get(&route.name).is_some_and(|q| *q >= floor))
+                    .map(|(name, _)| (name, price(name).unwrap_or(f64::INFINITY)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .map_or_else(|| route.model.clone(), |(name, _)| name.clone()),
+            })
+            .collect();
+        Ok(Self {
+            config: config.clone(),
+            names,
+            models: models_for_routes,
+            rules,
+            examples,
+            classifier_cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn route_names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn has_embeddings(&self) -> bool {
+        self.examples.is_some()
+    }
+
+    fn index_of(&self, name: &str) -> Option<usize> {
+        self.names.iter().position(|n| n == name)
+    }
+
+    /// Starts a decision for `prompt` and runs tier 1.
+    pub fn keyword_tier(&self, prompt: &str) -> Decision {
+        let instruction = instruction::instruction(prompt);
+        let mut decision = Decision {
+            route: String::new(),
+            model: String::new(),
+            tier: "pending",
+            runner_up: None,
+            instruction,
+            keyword: TierTrace::default(),
+            embedding: TierTrace::default(),
+            classifier: TierTrace::default(),
+        };
+        if let Some(rules) = &self.rules {
+            let started = Instant::now();
+            let scores = rules.score(&decision.instruction, &self.names);
+            let choice = rules.decide(&scores);
+            decision.keyword = TierTrace {
+                ran: true,
+                decided: choice.is_some(),
+                scores: top3(&scores.scores, &self.names),
+                matched: scores.matched,
+                micros: started.elapsed().as_micros() as u64,
+                note: None,
+            };
+            if let Some(route) = choice {
+                decision.runner_up = scores.scores.get(1).map(|(i, _)| self.names[*i].clone());
+                self.settle(&mut decision, route, "keyword");
+            }
+        }
+        decision
+    }
+
+    /// Tier 2, when tier 1 abstained. CPU-bound: call it off the async executor.
+    pub fn embedding_tier(&self, decision: &mut Decision) {
+        let Some(index) = self.examples.as_ref().filter(|_| !decision.decided()) else { return };
+        let started = Instant::now();
+        let query = match index.embedder.embed(&[decision.instruction.as_str()]) {
+            Ok(mut v) if !v.is_empty() => v.swap_remove(0),
+            Ok(_) => return,
+            Err(e) => {
+                decision.embedding = TierTrace { ran: true, note: Some(e.to_string()), ..TierTrace::default() };
+                return;
+            }
+        };
+        // A route's score is its best example's similarity (nearest neighbour).
+        let mut best = vec![f64::MIN; self.names.len()];
+        for (route, vector) in &index.vectors {
+            best[*route] = best[*route].max(cosine(&query, vector));
+        }
+        let mut scores: Vec<(usize, f64)> = best.into_iter().enumerate().filter(|(_, s)| *s > f64::MIN).collect();
+        scores.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let cfg = &self.config.embedding;
+        let choice = match scores.as_slice() {
+            [(route, top), rest @ ..] => {
+                let second = rest.first().map_or(0.0, |s| s.1);
+                (*top >= cfg.min_similarity && top - second >= cfg.margin).then_some(*route)
+            }
+            [] => None,
+        };
+        decision.embedding = TierTrace {
+            ran: true,
+            decided: choice.is_some(),
+            scores: top3(&scores, &self.names),
+            matched: Vec::new(),
+            micros: started.elapsed().as_micros() as u64,
+            note: None,
+        };
+        if let Some(route) = choice {
+            decision.runner_up = scores.get(1).map(|(i, _)| self.names[*i].clone());
+            self.settle(decision, route, "embedding");
+        }
+    }
+
+    pub fn wants_classifier(&self, decision: &Decision) -> bool {
+        !decision.decided() && self.config.classifier.enabled
+    }
+
+    /// A cached classifier answer for this instruction: `Some(Some(route))`, `Some(None)` for a
+    /// remembered "none of them", `None` if never asked.
+    pub fn cached_classification(&self, decision: &Decision) -> Option<Option<usize>> {
+        let cache = self.classifier_cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(&hash(&decision.instruction)).copied()
+    }
+
+    /// The chat request body asking the classifier model to pick a route.
+    pub fn classifier_request(&self, decision: &Decision) -> Value {
+        let mut routes = String::new();
+        for route in &self.config.routes {
+            routes.push_str(&format!("- {}: {}\n", route.name, route.description));
+        }
+        let system = format!(
+            "You route requests to the right specialist. Pick the one route that best fits the user's request, judging what the user asks to be done, not the material they pasted.\nRoutes:\n{routes}Answer with JSON only, exactly {{\"route\": \"<route name>\"}}, or {{\"route\": \"none\"}} if no route fits."
+        );
+        let request: String = decision.instruction.chars().take(2000).collect();
+        json!({
+            "model": self.config.classifier.model,
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": request}],
+            "temperature": 0,
+            "max_tokens": 20,
+            "response_format": {"type": "json_object"},
+        })
+    }
+
+    /// Applies the classifier's answer (the assistant text), validating it; a bad or missing answer
+    /// leaves the decision to the default route.
+    pub fn apply_classification(
+        &self,
+        decision: &mut Decision,
+        answer: Result<Option<usize>, String>,
+        micros: u64,
+        cached: bool,
+    ) {
+        let (choice, note) = match answer {
+            Ok(choice) => (choice, cached.then(|| "cached".to_string())),
+            Err(e) => (None, Some(e)),
+        };
+        decision.classifier = TierTrace {
+            ran: true,
+            decided: choice.is_some(),
+            scores: choice.map(|i| vec![(self.names[i].clone(), 1.0)]).unwrap_or_default(),
+            matched: Vec::new(),
+            micros,
+            note,
+        };
+        if let Some(route) = choice {
+            self.settle(decision, route, "classifier");
+        }
+    }
+
+    /// Parses a classifier answer text into a route (or a valid "none") and caches it.
+    pub fn parse_classification(&self, decision: &Decision, text: &str) -> Result<Option<usize>, String> {
+        let trimmed =
+            text.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
+        let value: Value =
+            serde_json::from_str(trimmed).map_err(|_| format!("classifier answer is not JSON: {text:?}"))?;
+        let route = value
+            .get("route")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("classifier answer has no route: {text:?}"))?;
+        let choice = if route == "none" {
+            None
+        } else {
+            Some(self.index_of(route).ok_or_else(|| format!("classifier named an unknown route {route:?}"))?)
+        };
+        let mut cache = self.classifier_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CLASSIFIER_CACHE {
+            cache.clear();
+        }
+        cache.insert(hash(&decision.instruction), choice);
+        Ok(choice)
+    }
+
+    /// Falls back to the default route when no tier decided.
+    pub fn finish(&self, decision: &mut Decision) {
+        if !decision.decided() {
+            let route = self.index_of(&self.config.default).unwrap_or(0);
+            self.settle(decision, route, "default");
+        }
+    }
+
+    fn settle(&self, decision: &mut Decision, route: usize, tier: &'static str) {
+        decision.route = self.names[route].clone();
+        decision.model = self.models[route].clone();
+        decision.tier = tier;
+    }
+}

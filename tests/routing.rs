@@ -1,0 +1,164 @@
+//! Semantic routing over HTTP: keyword rules decide in microseconds, the classifier model decides
+//! what they cannot (validated, cached, with a timeout), the default catches the rest, a quality
+//! floor picks the cheapest good-enough model, and `/v1/route/explain` shows the trace.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use llm_gateway::Gateway;
+use llm_gateway::config::Config;
+use llm_gateway::server::RunningServer;
+use llm_gateway::testkit::{Replay, ReplayUpstream};
+use serde_json::{Value, json};
+
+struct Rig {
+    classifier: ReplayUpstream,
+    server: RunningServer,
+    http: reqwest::Client,
+}
+
+async fn rig() -> Rig {
+    let classifier = ReplayUpstream::start().await.unwrap();
+    let yaml = format!(
+        r#"
+providers:
+  local: {{ kind: mock }}
+  judge: {{ kind: openai_compatible, base_url: "{}/v1" }}
+models:
+  cheap-coder:
+    deployments: [ {{ provider: local, model: cheap-coder, price: {{ input_per_mtok: 0.1, output_per_mtok: 0.2 }} }} ]
+    quality: {{ code: 0.85 }}
+  premium-coder:
+    deployments: [ {{ provider: local, model: premium-coder, price: {{ input_per_mtok: 3, output_per_mtok: 15 }} }} ]
+    quality: {{ code: 0.97 }}
+  sql-model:
+    deployments: [ {{ provider: local, model: sql-model }} ]
+  small-talk:
+    deployments: [ {{ provider: local, model: small-talk }} ]
+  classifier:
+    deployments: [ {{ provider: judge, model: tiny-judge }} ]
+router:
+  default: chitchat
+  embedding: {{ enabled: false }}
+  classifier: {{ model: classifier, timeout: 300ms }}
+  routes:
+    - name: code
+      model: premium-coder
+      quality_floor: 0.8
+      description: "Write, fix or explain program code"
+      keywords: [ traceback, {{ text: "borrow checker", weight: 2 }}, compile, {{ text: "代码", weight: 2 }} ]
+      regexes: [ "(?i)\\bfn\\s+main\\b" ]
+    - name: sql
+      model: sql-model
+      description: "Write or fix SQL queries"
+      keywords: [ {{ text: "sql", weight: 2 }}, {{ text: "join", weight: 1 }} ]
+    - name: chitchat
+      model: small-talk
+      description: "Small talk and simple questions"
+      keywords: [ hello ]
+"#,
+        classifier.url()
+    );
+    let config = Config::parse("routing.yaml", &yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let server =
+        RunningServer::start(Gateway::new(config, None).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    Rig { classifier, server, http: reqwest::Client::new() }
+}
+
+impl Rig {
+    async fn ask(&self, prompt: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/chat/completions", self.server.url()))
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn classifier_says(content: &str) -> Replay {
+    let body = json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "tiny-judge",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55}});
+    Replay::new(200, "application/json", body.to_string())
+}
+
+#[tokio::test]
+async fn keywords_decide_and_a_quality_floor_picks_the_cheapest_good_model() {
+    let r = rig().await;
+    let response = r.ask("I get a traceback when I compile this").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-route"], "code");
+    assert_eq!(response.headers()["x-gateway-route-tier"], "keyword");
+    // Both coders meet the 0.8 floor for `code`; the cheaper one serves.
+    assert_eq!(response.headers()["x-gateway-model"], "cheap-coder");
+    let response = r.ask("请帮我看看这段代码为什么报错").await;
+    assert_eq!(response.headers()["x-gateway-route"], "code", "CJK keywords");
+    assert!(r.classifier.requests().is_empty(), "the classifier is only the last resort");
+}
+
+#[tokio::test]
+async fn the_classifier_decides_what_rules_cannot_and_is_cached() {
+    let r = rig().await;
+    r.classifier.push(classifier_says(r#"{"route": "sql"}"#));
+    let prompt = "Which customers ordered twice last month? Table orders(customer_id, created_at).";
+    let response = r.ask(prompt).await;
+    assert_eq!(response.headers()["x-gateway-route"], "sql");
+    assert_eq!(response.headers()["x-gateway-route-tier"], "classifier");
+    assert_eq!(response.headers()["x-gateway-model"], "sql-model");
+    let asked = r.classifier.last_request().unwrap();
+    let system = asked.body["messages"][0]["content"].as_str().unwrap();
+    assert!(system.contains("- sql: Write or fix SQL queries"), "{system}");
+    assert_eq!(asked.body["messages"][1]["content"], prompt);
+    assert_eq!(asked.body["response_format"], json!({"type": "json_object"}));
+    // Same instruction again: answered from the cache, no second classifier call.
+    let response = r.ask(prompt).await;
+    assert_eq!(response.headers()["x-gateway-route-tier"], "classifier");
+    assert_eq!(r.classifier.requests().len(), 1);
+}
+
+#[tokio::test]
+async fn bad_answers_and_timeouts_fall_back_to_the_default_route() {
+    let r = rig().await;
+    r.classifier.push(classifier_says("I think it's probably SQL?"));
+    let response = r.ask("Something completely ambiguous number one").await;
+    assert_eq!(response.headers()["x-gateway-route"], "chitchat");
+    assert_eq!(response.headers()["x-gateway-route-tier"], "default");
+    r.classifier.push(classifier_says(r#"{"route": "poetry"}"#));
+    let response = r.ask("Something completely ambiguous number two").await;
+    assert_eq!(response.headers()["x-gateway-route-tier"], "default", "unknown route names are rejected");
+    r.classifier.push(classifier_says(r#"{"route": "sql"}"#).delayed(Duration::from_secs(2)));
+    let started = std::time::Instant::now();
+    let response = r.ask("Something completely ambiguous number three").await;
+    assert_eq!(response.headers()["x-gateway-route-tier"], "default");
+    assert!(started.elapsed() < Duration::from_millis(1500), "the classifier timeout (300 ms) bounds the wait");
+}
+
+#[tokio::test]
+async fn explain_shows_the_trace_without_calling_any_model() {
+    let r = rig().await;
+    let response = r
+        .http
+        .post(format!("{}/v1/route/explain", r.server.url()))
+        .json(&json!({"prompt": "Help me JOIN two tables in SQL"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let trace: Value = response.json().await.unwrap();
+    assert_eq!(trace["route"], "sql");
+    assert_eq!(trace["tier"], "keyword");
+    assert_eq!(trace["keyword"]["scores"][0], json!(["sql", 3.0]));
+    assert!(trace["keyword"]["micros"].as_u64().is_some());
+    let response = r
+        .http
+        .post(format!("{}/v1/route/explain", r.server.url()))
+        .json(&json!({"messages": [{"role": "user", "content": "no keyword at all here"}]}))
+        .send()
+        .await
+        .unwrap();
+    let trace: Value = response.json().await.unwrap();
+    assert_eq!(trace["tier"], "default");
+    assert!(trace["classifier"]["note"].as_str().unwrap().contains("not run"));
+    assert!(r.classifier.requests().is_empty());
+}
