@@ -7,6 +7,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use llm_gateway::config::Config;
 use llm_gateway::{Gateway, check_exposure, reload, server};
+use mimalloc::MiMalloc;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "llm-gateway", version, about = "An OpenAI-compatible gateway in front of every LLM provider")]

@@ -92,6 +92,9 @@ pub struct Target {
     pub price: Option<crate::telemetry::cost::Price>,
     chat_url: String,
     embeddings_url: String,
+    /// The same URLs parsed once, so the hot path never re-parses them.
+    chat_endpoint: Option<reqwest::Url>,
+    embeddings_endpoint: Option<reqwest::Url>,
     client: reqwest::Client,
 }
 
@@ -142,6 +145,8 @@ impl Target {
                 .as_ref()
                 .map(crate::telemetry::cost::Price::from)
                 .or_else(|| crate::telemetry::cost::builtin_price(&deployment.model)),
+            chat_endpoint: parse_endpoint(&provider, &chat_url)?,
+            embeddings_endpoint: parse_endpoint(&provider, &embeddings_url)?,
             chat_url,
             embeddings_url,
             client: clients.client(model.timeouts.connect)?,
@@ -159,7 +164,8 @@ impl Target {
         req.model.push_str(&self.upstream_model);
         match &self.provider.adapter {
             Adapter::OpenAi(adapter) => {
-                adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
+                let url = self.chat_endpoint.clone().ok_or_else(|| GatewayError::internal("no chat endpoint"))?;
+                adapter.chat(&self.client, url, &self.provider.config, req, limits).await
             }
             Adapter::Anthropic(adapter) => {
                 adapter.chat(&self.client, &self.chat_url, &self.provider.config, req, limits).await
@@ -183,7 +189,9 @@ impl Target {
         req.model.push_str(&self.upstream_model);
         match &self.provider.adapter {
             Adapter::OpenAi(adapter) => {
-                adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
+                let url =
+                    self.embeddings_endpoint.clone().ok_or_else(|| GatewayError::internal("no embeddings endpoint"))?;
+                adapter.embeddings(&self.client, url, &self.provider.config, req, limits).await
             }
             Adapter::Gemini(adapter) => {
                 adapter.embeddings(&self.client, &self.embeddings_url, &self.provider.config, req, limits).await
@@ -202,6 +210,15 @@ impl Target {
             }
         }
     }
+}
+
+fn parse_endpoint(provider: &Provider, url: &str) -> Result<Option<reqwest::Url>, GatewayError> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    reqwest::Url::parse(url)
+        .map(Some)
+        .map_err(|e| GatewayError::internal(format!("provider {}: {url:?} is not a valid URL: {e}", provider.name())))
 }
 
 /// Pooled HTTP clients shared across config reloads, one per connect timeout, so a reload keeps

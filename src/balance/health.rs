@@ -90,13 +90,19 @@ impl Drop for InFlight<'_> {
 }
 
 fn p95(window: &VecDeque<(bool, f64)>) -> Option<f64> {
-    let mut latencies: Vec<f64> = window.iter().filter(|(ok, _)| *ok).map(|(_, ms)| *ms).collect();
-    if latencies.len() < MIN_SAMPLES {
+    // Runs on every attempt: a fixed buffer and a selection, no allocation and no full sort.
+    let mut latencies = [0.0f64; WINDOW];
+    let mut n = 0;
+    for (_, ms) in window.iter().filter(|(ok, _)| *ok) {
+        latencies[n] = *ms;
+        n += 1;
+    }
+    if n < MIN_SAMPLES {
         return None;
     }
-    latencies.sort_by(f64::total_cmp);
-    let rank = ((latencies.len() as f64) * 0.95).ceil() as usize;
-    latencies.get(rank.saturating_sub(1)).copied()
+    let rank = (((n as f64) * 0.95).ceil() as usize).saturating_sub(1);
+    let (_, value, _) = latencies[..n].select_nth_unstable_by(rank, f64::total_cmp);
+    Some(*value)
 }
 
 fn error_ratio(window: &VecDeque<(bool, f64)>) -> Option<f64> {

@@ -69,7 +69,7 @@ impl OpenAi {
     pub async fn chat(
         &self,
         client: &reqwest::Client,
-        url: &str,
+        url: reqwest::Url,
         config: &ProviderConfig,
         req: &mut ChatRequest,
         limits: CallLimits,
@@ -113,7 +113,7 @@ impl OpenAi {
     pub async fn embeddings(
         &self,
         client: &reqwest::Client,
-        url: &str,
+        url: reqwest::Url,
         config: &ProviderConfig,
         req: &EmbeddingsRequest,
         limits: CallLimits,
@@ -128,7 +128,7 @@ impl OpenAi {
     async fn send(
         &self,
         client: &reqwest::Client,
-        url: &str,
+        url: reqwest::Url,
         config: &ProviderConfig,
         body: Vec<u8>,
         limits: CallLimits,
