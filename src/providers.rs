@@ -12,6 +12,7 @@ pub mod openai;
 pub mod sigv4;
 pub mod sse;
 pub mod stream;
+pub mod translate;
 pub mod transport;
 
 use std::collections::HashMap;

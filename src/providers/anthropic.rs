@@ -12,6 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::sse::{SseDecoder, SseEvent};
 use super::stream::{self, Framing, Translate};
+use super::translate::{push_turn, system_text, unsupported};
 use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, transport};
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
@@ -96,10 +97,6 @@ impl Anthropic {
     }
 }
 
-fn unsupported(provider: &str, feature: impl Into<String>) -> GatewayError {
-    GatewayError::Unsupported { provider: provider.to_string(), feature: feature.into() }
-}
-
 /// Request fields with no Anthropic equivalent that change the answer: rejected, never dropped.
 const REJECTED_FIELDS: &[&str] = &["logit_bias", "audio", "prediction", "seed", "reasoning_effort", "modalities"];
 /// Request fields that are bookkeeping for OpenAI and safe to ignore.
@@ -109,32 +106,14 @@ const IGNORED_FIELDS: &[&str] = &["store", "metadata", "service_tier", "user"];
 pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError> {
     let mut system: Vec<String> = Vec::new();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    let mut push = |role: &'static str, blocks: Vec<Value>| {
-        if blocks.is_empty() {
-            return;
-        }
-        // Anthropic wants alternating roles: consecutive turns of one role merge.
-        match messages.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
-    };
     for (i, message) in req.messages.iter().enumerate() {
         match message.role {
             Role::System | Role::Developer => {
-                if let Some(content) = &message.content {
-                    if let MessageContent::Parts(parts) = content
-                        && parts.iter().any(|p| p.kind != "text")
-                    {
-                        return Err(unsupported(
-                            provider,
-                            format!("non-text content in a system message (messages[{i}])"),
-                        ));
-                    }
-                    system.push(content.text());
+                if let Some(text) = system_text(message, provider, i)? {
+                    system.push(text);
                 }
             }
-            Role::User => push("user", user_blocks(message.content.as_ref(), provider, i)?),
+            Role::User => push_turn(&mut messages, "user", user_blocks(message.content.as_ref(), provider, i)?),
             Role::Assistant => {
                 let mut blocks = Vec::new();
                 if let Some(content) = &message.content {
@@ -151,7 +130,7 @@ pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError>
                         })?;
                     blocks.push(json!({"type": "tool_use", "id": call.id, "name": call.function.name, "input": input}));
                 }
-                push("assistant", blocks);
+                push_turn(&mut messages, "assistant", blocks);
             }
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().ok_or_else(|| GatewayError::InvalidRequest {
@@ -159,7 +138,11 @@ pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError>
                     param: Some(format!("messages[{i}].tool_call_id")),
                 })?;
                 let text = message.content.as_ref().map(MessageContent::text).unwrap_or_default();
-                push("user", vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})]);
+                push_turn(
+                    &mut messages,
+                    "user",
+                    vec![json!({"type": "tool_result", "tool_use_id": id, "content": text})],
+                );
             }
             Role::Function => return Err(unsupported(provider, "the deprecated `function` role (use tools)")),
         }

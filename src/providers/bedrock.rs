@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 
 use super::sse::SseEvent;
 use super::stream::{self, Framing, Translate};
+use super::translate::{push_turn, system_text, unsupported};
 use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, eventstream, sigv4, transport};
 use crate::config::{DeploymentConfig, ProviderConfig, Secret};
 use crate::error::GatewayError;
@@ -151,10 +152,6 @@ impl Bedrock {
     }
 }
 
-fn unsupported(provider: &str, feature: impl Into<String>) -> GatewayError {
-    GatewayError::Unsupported { provider: provider.to_string(), feature: feature.into() }
-}
-
 fn invalid(message: impl Into<String>, param: impl Into<String>) -> GatewayError {
     GatewayError::InvalidRequest { message: message.into(), param: Some(param.into()) }
 }
@@ -176,35 +173,15 @@ const IGNORED_FIELDS: &[&str] = &["store", "metadata", "service_tier", "user"];
 pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError> {
     let mut system: Vec<Value> = Vec::new();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    let mut push = |role: &'static str, blocks: Vec<Value>| {
-        if blocks.is_empty() {
-            return;
-        }
-        match messages.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(blocks),
-            _ => messages.push((role, blocks)),
-        }
-    };
     let mut tool_history = false;
     for (i, message) in req.messages.iter().enumerate() {
         match message.role {
             Role::System | Role::Developer => {
-                if let Some(content) = &message.content {
-                    if let MessageContent::Parts(parts) = content
-                        && parts.iter().any(|p| p.kind != "text")
-                    {
-                        return Err(unsupported(
-                            provider,
-                            format!("non-text content in a system message (messages[{i}])"),
-                        ));
-                    }
-                    let text = content.text();
-                    if !text.is_empty() {
-                        system.push(json!({"text": text}));
-                    }
+                if let Some(text) = system_text(message, provider, i)? {
+                    system.push(json!({"text": text}));
                 }
             }
-            Role::User => push("user", user_blocks(message.content.as_ref(), provider, i)?),
+            Role::User => push_turn(&mut messages, "user", user_blocks(message.content.as_ref(), provider, i)?),
             Role::Assistant => {
                 let mut blocks = Vec::new();
                 let text = message.content.as_ref().map(MessageContent::text).unwrap_or_default();
@@ -221,7 +198,7 @@ pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError>
                     tool_history = true;
                     blocks.push(json!({"toolUse": {"toolUseId": call.id, "name": call.function.name, "input": input}}));
                 }
-                push("assistant", blocks);
+                push_turn(&mut messages, "assistant", blocks);
             }
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().ok_or_else(|| {
@@ -229,7 +206,11 @@ pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError>
                 })?;
                 tool_history = true;
                 let text = message.content.as_ref().map(MessageContent::text).unwrap_or_default();
-                push("user", vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})]);
+                push_turn(
+                    &mut messages,
+                    "user",
+                    vec![json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}})],
+                );
             }
             Role::Function => return Err(unsupported(provider, "the deprecated `function` role (use tools)")),
         }

@@ -11,6 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::sse::{SseDecoder, SseEvent};
 use super::stream::{self, Framing, Translate};
+use super::translate::{push_turn, system_text, unsupported};
 use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, transport};
 use crate::config::{DeploymentConfig, ProviderConfig};
 use crate::error::GatewayError;
@@ -125,10 +126,6 @@ fn model_path(model: &str) -> String {
     if model.contains('/') { model.to_string() } else { format!("models/{model}") }
 }
 
-fn unsupported(provider: &str, feature: impl Into<String>) -> GatewayError {
-    GatewayError::Unsupported { provider: provider.to_string(), feature: feature.into() }
-}
-
 fn invalid(message: String, param: String) -> GatewayError {
     GatewayError::InvalidRequest { message, param: Some(param) }
 }
@@ -142,35 +139,14 @@ const IGNORED_FIELDS: &[&str] = &["store", "metadata", "service_tier", "user"];
 pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError> {
     let mut system: Vec<Value> = Vec::new();
     let mut contents: Vec<(&'static str, Vec<Value>)> = Vec::new();
-    let mut push = |role: &'static str, parts: Vec<Value>| {
-        if parts.is_empty() {
-            return;
-        }
-        // Gemini wants alternating roles: consecutive turns of one role merge.
-        match contents.last_mut() {
-            Some((last, existing)) if *last == role => existing.extend(parts),
-            _ => contents.push((role, parts)),
-        }
-    };
     for (i, message) in req.messages.iter().enumerate() {
         match message.role {
             Role::System | Role::Developer => {
-                if let Some(content) = &message.content {
-                    if let MessageContent::Parts(parts) = content
-                        && parts.iter().any(|p| p.kind != "text")
-                    {
-                        return Err(unsupported(
-                            provider,
-                            format!("non-text content in a system message (messages[{i}])"),
-                        ));
-                    }
-                    let text = content.text();
-                    if !text.is_empty() {
-                        system.push(json!({"text": text}));
-                    }
+                if let Some(text) = system_text(message, provider, i)? {
+                    system.push(json!({"text": text}));
                 }
             }
-            Role::User => push("user", user_parts(message.content.as_ref(), provider, i)?),
+            Role::User => push_turn(&mut contents, "user", user_parts(message.content.as_ref(), provider, i)?),
             Role::Assistant => {
                 let mut parts = Vec::new();
                 if let Some(content) = &message.content {
@@ -206,7 +182,7 @@ pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError>
                     }
                     parts.push(part);
                 }
-                push("model", parts);
+                push_turn(&mut contents, "model", parts);
             }
             Role::Tool => {
                 let id = message.tool_call_id.as_deref().ok_or_else(|| {
@@ -232,7 +208,11 @@ pub fn to_wire(req: &ChatRequest, provider: &str) -> Result<Value, GatewayError>
                     Ok(object @ Value::Object(_)) => object,
                     _ => json!({"output": text}),
                 };
-                push("user", vec![json!({"functionResponse": {"name": name, "response": response}})]);
+                push_turn(
+                    &mut contents,
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                );
             }
             Role::Function => return Err(unsupported(provider, "the deprecated `function` role (use tools)")),
         }
