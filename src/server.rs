@@ -153,57 +153,29 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
-async fn chat_completions(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "chat_completions")));
-    let snapshot = gw.snapshot();
-    let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
-        Ok(bytes) => match pending.0.as_mut() {
-            Some(record) => pipeline::chat_completions(&snapshot, record, &headers, &bytes).await,
-            None => Err(GatewayError::internal("request record missing")),
-        },
-        Err(e) => Err(e),
+/// Every POST endpoint has one shape: read the body within the limit, run its pipeline function,
+/// respond in the endpoint's error format.
+macro_rules! body_endpoint {
+    ($name:ident, $endpoint:literal, $pipeline:path, $format:expr) => {
+        async fn $name(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
+            let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), $endpoint)));
+            let snapshot = gw.snapshot();
+            let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
+                Ok(bytes) => match pending.0.as_mut() {
+                    Some(record) => $pipeline(&snapshot, record, &headers, &bytes).await,
+                    None => Err(GatewayError::internal("request record missing")),
+                },
+                Err(e) => Err(e),
+            };
+            respond_as(result, &mut pending, $format)
+        }
     };
-    respond(result, &mut pending)
 }
 
-async fn messages(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "messages")));
-    let snapshot = gw.snapshot();
-    let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
-        Ok(bytes) => match pending.0.as_mut() {
-            Some(record) => pipeline::messages(&snapshot, record, &headers, &bytes).await,
-            None => Err(GatewayError::internal("request record missing")),
-        },
-        Err(e) => Err(e),
-    };
-    respond_as(result, &mut pending, ErrorFormat::Anthropic)
-}
-
-async fn embeddings(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "embeddings")));
-    let snapshot = gw.snapshot();
-    let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
-        Ok(bytes) => match pending.0.as_mut() {
-            Some(record) => pipeline::embeddings(&snapshot, record, &headers, &bytes).await,
-            None => Err(GatewayError::internal("request record missing")),
-        },
-        Err(e) => Err(e),
-    };
-    respond(result, &mut pending)
-}
-
-async fn route_explain(State(gw): State<Arc<Gateway>>, headers: HeaderMap, body: Body) -> Response {
-    let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "route_explain")));
-    let snapshot = gw.snapshot();
-    let result = match read_body(body, &headers, snapshot.config.server.max_body_size).await {
-        Ok(bytes) => match pending.0.as_mut() {
-            Some(record) => pipeline::explain(&snapshot, record, &headers, &bytes).await,
-            None => Err(GatewayError::internal("request record missing")),
-        },
-        Err(e) => Err(e),
-    };
-    respond(result, &mut pending)
-}
+body_endpoint!(chat_completions, "chat_completions", pipeline::chat_completions, ErrorFormat::OpenAi);
+body_endpoint!(messages, "messages", pipeline::messages, ErrorFormat::Anthropic);
+body_endpoint!(embeddings, "embeddings", pipeline::embeddings, ErrorFormat::OpenAi);
+body_endpoint!(route_explain, "route_explain", pipeline::explain, ErrorFormat::OpenAi);
 
 async fn list_models(State(gw): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let mut pending = Pending(Some(RequestRecord::new(request_id(&headers), "models")));
