@@ -23,6 +23,9 @@ pub fn last_user_text(messages: &[Message]) -> String {
 /// The instruction part of a prompt.
 pub fn instruction(prompt: &str) -> String {
     let text = strip_code_fences(prompt);
+    if let Some(head) = lead_in(&text) {
+        return collapse(&head);
+    }
     let paragraphs: Vec<&str> = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
     let joined = paragraphs.join("\n");
     if joined.len() <= WHOLE || paragraphs.is_empty() {
@@ -34,6 +37,30 @@ pub fn instruction(prompt: &str) -> String {
         return collapse(&format!("{first} … {last}"));
     }
     collapse(&format!("{first} … {last}"))
+}
+
+/// "Do X with this: <pasted material>": when a colon near the start introduces material (several
+/// lines, or a long run of text), the words before it are the instruction, plus a short closing
+/// paragraph if there is one ("…\n\nKeep it under 50 words.").
+fn lead_in(text: &str) -> Option<String> {
+    let trimmed = text.trim_start();
+    let (pos, colon) = trimmed.char_indices().find(|(_, c)| *c == ':' || *c == '：')?;
+    let head = trimmed[..pos].trim();
+    let rest = &trimmed[pos + colon.len_utf8()..];
+    let pasted = rest.trim().contains('\n') || rest.trim().len() >= 150;
+    if pos > 300 || head.len() < 8 || !pasted {
+        return None;
+    }
+    let closing = rest
+        .trim_end()
+        .rsplit("\n\n")
+        .next()
+        .map(str::trim)
+        .filter(|p| p.len() < 200 && !p.is_empty() && rest.trim() != *p);
+    Some(match closing {
+        Some(closing) => format!("{head} … {closing}"),
+        None => head.to_string(),
+    })
 }
 
 fn strip_code_fences(text: &str) -> String {
@@ -97,6 +124,21 @@ mod tests {
         assert!(judged.starts_with("Write a short poem about this invoice."), "{judged}");
         assert!(judged.ends_with("Keep it cheerful."), "{judged}");
         assert!(judged.len() < 2 * END + 10);
+    }
+
+    #[test]
+    fn a_colon_introducing_pasted_material_ends_the_instruction() {
+        let prompt = "Schreib ein Haiku über diese Abfrage, die jede Nacht läuft:\nSELECT region, SUM(betrag)\nFROM bestellungen\nGROUP BY region";
+        assert_eq!(instruction(prompt), "Schreib ein Haiku über diese Abfrage, die jede Nacht läuft");
+        let prompt = format!(
+            "Summarize this email for me:\n{}\n\nKeep it under 50 words.",
+            "Hi all, the garage is closed. ".repeat(10)
+        );
+        assert_eq!(instruction(&prompt), "Summarize this email for me … Keep it under 50 words.");
+        assert_eq!(
+            instruction("Question: how do I reverse a list in Python?"),
+            "Question: how do I reverse a list in Python?"
+        );
     }
 
     #[test]
