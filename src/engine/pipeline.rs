@@ -80,8 +80,12 @@ async fn chat(
             req.messages.last().and_then(|m| m.content.as_ref()).map(|c| c.text().chars().take(200).collect());
     }
     if let Some(router) = snapshot.router.as_ref().filter(|r| r.config.model_name == req.model) {
-        let decision = route(snapshot, router, &req).await;
+        let mut decision = route(snapshot, router, &req).await;
         record.route = Some((decision.route.clone(), decision.tier));
+        if !snapshot.config.server.log_prompts {
+            // The trace quotes the prompt's instruction: prompt text stays out of logs by default.
+            decision.instruction.clear();
+        }
         record.route_trace = Some(decision.to_json().to_string());
         req.model = decision.model;
     }
