@@ -10,6 +10,7 @@ pub mod error;
 pub mod providers;
 pub mod reload;
 mod rng;
+pub mod route;
 pub mod server;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
