@@ -32,6 +32,7 @@ fn main() {
 fn run() -> Result<(), EmbedError> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join(DEFAULT_MODEL_DIR);
+    println!("load average at start: {} (other work on the machine skews the latencies)", loadavg());
     println!(
         "candle element-wise threads: {} (MiniLM calls run gemm/softmax on 1 thread)",
         candle_elementwise_threads()
@@ -71,6 +72,7 @@ fn run() -> Result<(), EmbedError> {
         rss_kib() / 1024,
     );
 
+    println!("load average after the latency runs: {}", loadavg());
     let (tune, test) =
         (read_set(&root.join("datasets/router/tune.jsonl")), read_set(&root.join("datasets/router/test.jsonl")));
     if tune.is_empty() || test.is_empty() {
@@ -164,6 +166,11 @@ fn accuracy(
     }
     let pct = |n: usize| 100.0 * n as f64 / test.len().max(1) as f64;
     Ok((pct(by_centroid), pct(by_neighbour)))
+}
+
+/// The 1, 5 and 15-minute load averages.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
 }
 
 /// VmRSS of this process in KiB (0 when /proc is unavailable).
