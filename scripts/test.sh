@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh
+scripts/fetch-model.sh
 export LLM_GATEWAY_TEST_PYTHON="$PWD/.venv/bin/python"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
