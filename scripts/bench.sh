@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # Data-plane benchmark: the gateway against the mock upstream directly and against nginx as a plain
-# reverse proxy, with wrk, and a streamed-chunk forwarding probe. Writes BENCHMARKS.md.
+# reverse proxy, with wrk, and a streamed-chunk forwarding probe. Writes BENCHMARKS.md (keeping the
+# hand-written part below its marker line).
 #
-#   scripts/bench.sh            # ~4-5 minutes on 2 cores (plus the release build)
+#   scripts/bench.sh            # ~5 minutes on 2 cores when the machine is otherwise idle (+ build)
 #
 # Layout (needs >= 2 cores): nginx and the gateway are pinned to core 0 (one worker / one tokio
-# worker thread); the mock upstream, wrk and the probe are pinned to core 1. Everything listens on
-# 127.0.0.1 only. Knobs (environment): BENCH_DURATION (s, default 10), BENCH_WARMUP (s, default 2),
+# worker thread); the mock upstream, wrk and the probe are pinned to core 1. The "(1 core)" runs
+# move nginx and the gateway onto core 1 as well. Everything listens on 127.0.0.1 only.
+#
+# Knobs (environment): BENCH_DURATION (s per run, default 10), BENCH_WARMUP (s, default 2),
 # BENCH_PROBE_STREAMS (default 50), BENCH_CHUNK_INTERVAL_MS (default 5), BENCH_OUT (default
-# BENCHMARKS.md), BENCH_KEEP_TMP=1 keeps the temp dir with the raw wrk outputs and logs.
+# BENCHMARKS.md), BENCH_KEEP_TMP=1 (keep the temp dir with raw wrk outputs and logs),
+# BENCH_WAIT_QUIET (s to wait for idle cores before starting, default 120), BENCH_MAX_OTHER_PCT /
+# BENCH_ATTEMPTS / BENCH_RETRY_BUDGET (retry runs disturbed by other processes; see run_case).
 #
 # Needs: cargo, wrk, nginx, taskset, curl, python3 (stdlib only).
 set -euo pipefail
@@ -34,7 +39,7 @@ done
 
 log "building (release)"
 cargo build --release --quiet
-BIN=$PWD/target/release/llm-gateway
+BIN=$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/release/llm-gateway
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/llm-gateway-bench.XXXXXX")
 PIDS=()
@@ -245,11 +250,28 @@ json.dump({f"{pid}:{start}": ticks for pid, (_, ticks, start) in procs.items() i
 EOF
 BENCH_PID=$$
 
+# wait_quiet MAX-SECONDS: waits until both cores were under 15 % busy for a second (this script's
+# processes are idle between runs); sets BUSY to the last reading. Fails if time runs out.
+wait_quiet() {
+    local deadline=$((SECONDS + $1)) b0 b1 a0 a1 quiet said=""
+    while :; do
+        b0=$(core_ticks 0); b1=$(core_ticks 1); sleep 1; a0=$(core_ticks 0); a1=$(core_ticks 1)
+        BUSY=$(echo "$b0 $a0 $b1 $a1" | awk '{printf "%.0f%% / %.0f%%", 100*($3-$1)/($4-$2+1e-9), 100*($7-$5)/($8-$6+1e-9)}')
+        quiet=$(echo "$b0 $a0 $b1 $a1" | awk '{print (100*($3-$1)/($4-$2+1e-9) < 15 && 100*($7-$5)/($8-$6+1e-9) < 15) ? "yes" : "no"}')
+        [ "$quiet" = yes ] && return 0
+        [ "$SECONDS" -ge "$deadline" ] && return 1
+        [ -z "$said" ] && log "cores 0 / 1 busy with other work ($BUSY); waiting for them to go quiet"
+        said=1
+        sleep 2
+    done
+}
+
 # run_case TARGET URL CONC STREAM PROXY-PID(or -)
 # Runs wrk (warm-up, then measured). If processes outside the benchmark used more than
 # BENCH_MAX_OTHER_PCT (default 10) % of a core during the measured run, waits and retries, up to
-# BENCH_ATTEMPTS (default 3) times, keeping the least disturbed attempt; retries stop once
-# BENCH_RETRY_BUDGET seconds (default 75) beyond the normal run time are used up.
+# BENCH_ATTEMPTS (default 3) times after waiting for the cores to go quiet, keeping the least
+# disturbed attempt; retries (and the waits) stop once BENCH_RETRY_BUDGET seconds (default 75)
+# beyond the normal run time are used up.
 run_case() {
     local target=$1 url=$2 conc=$3 stream=$4 proxy_pid=$5 lua name attempt best_row="" best_other=""
     lua=$TMP/post_plain.lua
@@ -300,13 +322,14 @@ EOF
             cp "$TMP/wrk-$name.$attempt.txt" "$TMP/wrk-$name.txt"
         fi
         [ "$other" -le "${BENCH_MAX_OTHER_PCT:-10}" ] && break
-        if [ "$RETRY_SPENT" -ge "${BENCH_RETRY_BUDGET:-75}" ]; then
-            log "WARNING: other processes used $other% of a core during $name; no retry budget left"
+        local budget=$((${BENCH_RETRY_BUDGET:-75} - RETRY_SPENT)) t0=$SECONDS
+        if [ "$budget" -le $((WARMUP + DURATION)) ] || [ "$attempt" -ge "${BENCH_ATTEMPTS:-3}" ]; then
+            log "WARNING: other processes used $other% of a core during $name; keeping the least disturbed attempt"
             break
         fi
-        log "other processes used $other% of a core during $name; waiting 5 s and retrying"
-        sleep 5
-        RETRY_SPENT=$((RETRY_SPENT + 5 + WARMUP + DURATION + 1))
+        log "other processes used $other% of a core during $name; retrying"
+        wait_quiet $((budget - WARMUP - DURATION)) || true
+        RETRY_SPENT=$((RETRY_SPENT + SECONDS - t0 + WARMUP + DURATION + 1))
     done
     printf '%s\n' "$best_row" >>"$RESULTS"
 }
@@ -322,19 +345,36 @@ run_matrix() { # TARGET URL PROXY-PID
 
 # Other work on the machine skews everything: wait (up to BENCH_WAIT_QUIET seconds, default 120)
 # for both cores to be nearly idle, and record how busy they were.
-quiet_deadline=$((SECONDS + ${BENCH_WAIT_QUIET:-120}))
-while :; do
-    b0=$(core_ticks 0); b1=$(core_ticks 1); sleep 1; a0=$(core_ticks 0); a1=$(core_ticks 1)
-    BUSY_BEFORE=$(echo "$b0 $a0 $b1 $a1" | awk '{printf "%.0f%% / %.0f%%", 100*($3-$1)/($4-$2+1e-9), 100*($7-$5)/($8-$6+1e-9)}')
-    quiet=$(echo "$b0 $a0 $b1 $a1" | awk '{print (100*($3-$1)/($4-$2+1e-9) < 15 && 100*($7-$5)/($8-$6+1e-9) < 15) ? "yes" : "no"}')
-    [ "$quiet" = yes ] && break
-    if [ "$SECONDS" -ge "$quiet_deadline" ]; then
-        log "WARNING: the cores are busy with other work ($BUSY_BEFORE); the numbers will be noisy"
-        break
-    fi
-    log "cores 0 / 1 busy with other work ($BUSY_BEFORE); waiting for them to go quiet"
-    sleep 4
-done
+wait_quiet "${BENCH_WAIT_QUIET:-120}" || log "WARNING: the cores are busy with other work ($BUSY); the numbers will be noisy"
+BUSY_BEFORE=$BUSY
+# What a wake-up across cores costs here, versus on one core: a one-byte ping-pong between two
+# processes over a socketpair (Python, so a few µs of the round trip are the interpreter).
+cat >"$TMP/pingpong.py" <<'EOF'
+import os, socket, sys, time
+def run(core_a, core_b, n=20000):
+    a, b = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        os.sched_setaffinity(0, {core_b})
+        for _ in range(n):
+            b.recv(1)
+            b.send(b"x")
+        os._exit(0)
+    os.sched_setaffinity(0, {core_a})
+    t = []
+    for _ in range(n):
+        s = time.perf_counter_ns()
+        a.send(b"x")
+        a.recv(1)
+        t.append(time.perf_counter_ns() - s)
+    os.waitpid(pid, 0)
+    t.sort()
+    return f"p50 {t[n // 2] / 1000:.0f} µs, p99 {t[n * 99 // 100] / 1000:.0f} µs"
+p, l = int(sys.argv[1]), int(sys.argv[2])
+print(f"same core {run(l, l)}; across cores {run(p, l)}")
+EOF
+PINGPONG=$(python3 "$TMP/pingpong.py" "$PROXY_CORE" "$LOAD_CORE")
+log "socketpair round trip: $PINGPONG"
 LOADAVG_START=$(cut -d' ' -f1-3 /proc/loadavg)
 RETRY_SPENT=0 # seconds spent on retries so far
 log "cores 0 / 1 busy before the runs: $BUSY_BEFORE (load average $LOADAVG_START)"
@@ -411,7 +451,7 @@ LOADAVG_END=$(cut -d' ' -f1-3 /proc/loadavg)
 # ---------------------------------------------------------------------------------------------
 # Report
 export TMP RESULTS OUT DURATION WARMUP PROBE_STREAMS CHUNK_MS RSS_IDLE RSS_ONE RSS_AFTER RSS_HWM RSS_INFO_HWM \
-    INFO_LOG_LINES INFO_LOG_BYTES GW_THREADS LOADAVG_START LOADAVG_END NGINX BUSY_BEFORE
+    INFO_LOG_LINES INFO_LOG_BYTES GW_THREADS LOADAVG_START LOADAVG_END NGINX BUSY_BEFORE PINGPONG
 python3 - <<'EOF'
 import csv, datetime, os, platform, subprocess
 
@@ -464,6 +504,7 @@ w(f"| Kernel | {platform.release()} |")
 w(f"| rustc | {sh('rustc', '--version')} |")
 w(f"| nginx / wrk | {sh(env['NGINX'], '-v').replace('nginx version: ', '')} / {sh('wrk', '-v').split(' Copyright')[0]} |")
 w(f"| Load average at start / end | {env['LOADAVG_START']} / {env['LOADAVG_END']} |")
+w(f"| Wake-up cost: 1-byte ping-pong round trip between two processes | {env['PINGPONG']} |")
 w(f"| Cores 0 / 1 busy in the second before the runs | {env['BUSY_BEFORE']} (other work on the machine skews the numbers) |")
 w("")
 w("## How to reproduce\n")
@@ -485,6 +526,11 @@ w("`core0` / `core1` = busy % of each core during the measured run (all processe
   "the nginx worker or the gateway process as % of one core; `other` = CPU used by processes outside the "
   "benchmark (other users' builds, kernel threads), % of one core. A run with `other` above "
   "10 % is retried up to twice and the least disturbed attempt is kept.\n")
+disturbed = [r for r in rows if float(r["other_pct"]) > 10]
+if disturbed:
+    w(f"**Warning:** {len(disturbed)} of {len(rows)} runs were disturbed by other processes (`other` > 10 %: "
+      + ", ".join(f"{r['target']} c={r['conc']} stream={r['stream']}" for r in disturbed)
+      + "); treat their numbers as unreliable and re-run on an idle machine.\n")
 w("| target | conc | stream | req/s | p50 µs | p90 µs | p99 µs | max µs | core0 % | core1 % | proxy CPU % | other % |")
 w("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for r in rows:
