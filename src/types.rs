@@ -184,6 +184,18 @@ impl Usage {
         }
     }
 
+    /// From a provider that counts cache reads and writes apart from the other input tokens
+    /// (Anthropic, Bedrock): OpenAI's `prompt_tokens` includes them.
+    pub fn with_cache(input: u64, output: u64, cache_read: Option<u64>, cache_write: Option<u64>) -> Self {
+        let (read, written) = (cache_read.unwrap_or(0), cache_write.unwrap_or(0));
+        let mut usage = Usage::new(input.saturating_add(read).saturating_add(written), output);
+        if cache_read.is_some() {
+            usage.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens: read });
+        }
+        usage.cache_creation_input_tokens = cache_write.filter(|n| *n > 0);
+        usage
+    }
+
     pub fn cached_tokens(&self) -> u64 {
         self.prompt_tokens_details.map_or(0, |d| d.cached_tokens)
     }

@@ -6,19 +6,19 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sse::{SseDecoder, SseEvent};
 use super::stream::{self, Framing, Translate};
-use super::translate::{push_turn, system_text, unsupported};
+use super::translate::{provider_headers, push_turn, system_text, unsupported};
 use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, transport};
 use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, Delta, FunctionCall, FunctionCallDelta, MessageContent,
-    PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
+    ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
 
 /// Anthropic requires `max_tokens`; used when the client sets none.
@@ -31,27 +31,12 @@ pub struct Anthropic {
 
 impl Anthropic {
     pub fn new(config: &ProviderConfig) -> Result<Self, GatewayError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let key = config.api_key.as_ref().map(|k| (HeaderName::from_static("x-api-key"), k.expose().to_string()));
+        let mut headers = provider_headers(config, key)?;
         let version = config.api_version.as_deref().unwrap_or("2023-06-01");
         let version = HeaderValue::from_str(version)
             .map_err(|_| GatewayError::internal(format!("provider {}: bad api_version", config.name)))?;
         headers.insert(HeaderName::from_static("anthropic-version"), version);
-        if let Some(key) = &config.api_key {
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-                GatewayError::internal(format!("provider {}: the API key is not a valid header", config.name))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-api-key"), value);
-        }
-        for (name, value) in &config.headers {
-            if let (Ok(name), Ok(mut value)) =
-                (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value.expose()))
-            {
-                value.set_sensitive(true);
-                headers.insert(name, value);
-            }
-        }
         Ok(Self { headers })
     }
 
@@ -314,14 +299,12 @@ struct WireUsage {
 
 impl WireUsage {
     fn canonical(self) -> Usage {
-        let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let written = self.cache_creation_input_tokens.unwrap_or(0);
-        let mut usage = Usage::new(self.input_tokens + cached + written, self.output_tokens);
-        if self.cache_read_input_tokens.is_some() {
-            usage.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens: cached });
-        }
-        usage.cache_creation_input_tokens = self.cache_creation_input_tokens.filter(|n| *n > 0);
-        usage
+        Usage::with_cache(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_input_tokens,
+            self.cache_creation_input_tokens,
+        )
     }
 }
 

@@ -19,7 +19,7 @@ use crate::config::{DeploymentConfig, ProviderConfig, Secret};
 use crate::error::GatewayError;
 use crate::types::{
     ChatChunk, ChatRequest, ChatResponse, Choice, Delta, EmbeddingsRequest, FunctionCall, FunctionCallDelta,
-    MessageContent, PromptTokensDetails, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
+    MessageContent, ResponseMessage, Role, ToolCall, ToolCallDelta, Usage,
 };
 
 pub const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
@@ -453,14 +453,12 @@ struct WireUsage {
 
 impl WireUsage {
     fn canonical(self) -> Usage {
-        let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let written = self.cache_write_input_tokens.unwrap_or(0);
-        let mut usage = Usage::new(self.input_tokens + cached + written, self.output_tokens);
-        if self.cache_read_input_tokens.is_some() {
-            usage.prompt_tokens_details = Some(PromptTokensDetails { cached_tokens: cached });
-        }
-        usage.cache_creation_input_tokens = self.cache_write_input_tokens.filter(|n| *n > 0);
-        usage
+        Usage::with_cache(
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read_input_tokens,
+            self.cache_write_input_tokens,
+        )
     }
 }
 

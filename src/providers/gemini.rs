@@ -5,13 +5,13 @@
 use std::collections::VecDeque;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::sse::{SseDecoder, SseEvent};
 use super::stream::{self, Framing, Translate};
-use super::translate::{push_turn, system_text, unsupported};
+use super::translate::{provider_headers, push_turn, system_text, unsupported};
 use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, transport};
 use crate::config::{DeploymentConfig, ProviderConfig};
 use crate::error::GatewayError;
@@ -32,25 +32,9 @@ pub struct Gemini {
 
 impl Gemini {
     pub fn new(config: &ProviderConfig) -> Result<Self, GatewayError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = &config.api_key {
-            // The key travels in a header, never in the `?key=` query, so it cannot reach URL logs.
-            let mut value = HeaderValue::from_str(key.expose()).map_err(|_| {
-                GatewayError::internal(format!("provider {}: the API key is not a valid header", config.name))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(HeaderName::from_static("x-goog-api-key"), value);
-        }
-        for (name, value) in &config.headers {
-            if let (Ok(name), Ok(mut value)) =
-                (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value.expose()))
-            {
-                value.set_sensitive(true);
-                headers.insert(name, value);
-            }
-        }
-        Ok(Self { headers })
+        // The key travels in a header, never in the `?key=` query, so it cannot reach URL logs.
+        let key = config.api_key.as_ref().map(|k| (HeaderName::from_static("x-goog-api-key"), k.expose().to_string()));
+        Ok(Self { headers: provider_headers(config, key)? })
     }
 
     /// `{base_url}/models/{model}`; `chat` and `embeddings` append the `:method` they call.

@@ -6,12 +6,13 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, header};
+use http::{HeaderMap, HeaderName, header};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 use super::sse::{SseDecoder, SseEvent};
 use super::stream::{self, Framing, Translate};
+use super::translate::provider_headers;
 use super::{CallLimits, ChatReply, Completion, StreamChunk, error_from_status, transport};
 use crate::config::{DeploymentConfig, ProviderConfig, ProviderKind};
 use crate::error::GatewayError;
@@ -24,31 +25,11 @@ pub struct OpenAi {
 
 impl OpenAi {
     pub fn new(config: &ProviderConfig) -> Result<Self, GatewayError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        for (name, value) in &config.headers {
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| GatewayError::internal(format!("provider {}: bad header name", config.name)))?;
-            let mut value = HeaderValue::from_str(value.expose())
-                .map_err(|_| GatewayError::internal(format!("provider {}: bad header value", config.name)))?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        if let Some(key) = &config.api_key {
-            let (name, text) = match config.kind {
-                ProviderKind::AzureOpenai => (HeaderName::from_static("api-key"), key.expose().to_string()),
-                _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
-            };
-            let mut value = HeaderValue::from_str(&text).map_err(|_| {
-                GatewayError::internal(format!(
-                    "provider {}: the API key contains characters not allowed in a header",
-                    config.name
-                ))
-            })?;
-            value.set_sensitive(true);
-            headers.insert(name, value);
-        }
-        Ok(Self { headers })
+        let key = config.api_key.as_ref().map(|key| match config.kind {
+            ProviderKind::AzureOpenai => (HeaderName::from_static("api-key"), key.expose().to_string()),
+            _ => (header::AUTHORIZATION, format!("Bearer {}", key.expose())),
+        });
+        Ok(Self { headers: provider_headers(config, key)? })
     }
 
     pub fn urls(&self, config: &ProviderConfig, deployment: &DeploymentConfig) -> (String, String) {

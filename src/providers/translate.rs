@@ -1,8 +1,33 @@
 //! Shapes every non-OpenAI wire format shares: unsupported features named, alternating turns,
 //! system text.
 
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+
+use crate::config::ProviderConfig;
 use crate::error::GatewayError;
 use crate::types::{Message, MessageContent};
+
+/// The headers every request to `config`'s provider carries: JSON content type, the configured
+/// extra headers, and the credential as `key` (name, value). Values are marked sensitive so they
+/// never show in debug output.
+pub fn provider_headers(config: &ProviderConfig, key: Option<(HeaderName, String)>) -> Result<HeaderMap, GatewayError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let bad =
+        |what: &str| GatewayError::internal(format!("provider {}: {what} is not a valid HTTP header", config.name));
+    for (name, value) in &config.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("a configured header name"))?;
+        let mut value = HeaderValue::from_str(value.expose()).map_err(|_| bad("a configured header value"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    if let Some((name, text)) = key {
+        let mut value = HeaderValue::from_str(&text).map_err(|_| bad("the API key"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
 
 /// A feature the provider lacks: rejected with a 400 naming both, never silently dropped.
 pub fn unsupported(provider: &str, feature: impl Into<String>) -> GatewayError {
