@@ -200,7 +200,7 @@ status_kb() { # PID FIELD -> kB
 # CPU accounting: per-core busy ticks from /proc/stat, per-process ticks from /proc/PID/stat.
 CLK_TCK=$(getconf CLK_TCK)
 core_ticks() { # CORE -> "busy total"
-    awk -v c="cpu$1" '$1 == c {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 + $9}' /proc/stat
+    awk -v c="cpu$1" '$1 == c {busy = $2 + $3 + $4 + $7 + $8; print busy, busy + $5 + $6 + $9, $2 + $3 + $4}' /proc/stat
 }
 proc_ticks() { # PID -> utime+stime of all threads
     sed -E 's/^[0-9]+ \(.*\) //' "/proc/$1/stat" | awk '{print $12 + $13}'
@@ -256,8 +256,8 @@ wait_quiet() {
     local deadline=$((SECONDS + $1)) b0 b1 a0 a1 quiet said=""
     while :; do
         b0=$(core_ticks 0); b1=$(core_ticks 1); sleep 1; a0=$(core_ticks 0); a1=$(core_ticks 1)
-        BUSY=$(echo "$b0 $a0 $b1 $a1" | awk '{printf "%.0f%% / %.0f%%", 100*($3-$1)/($4-$2+1e-9), 100*($7-$5)/($8-$6+1e-9)}')
-        quiet=$(echo "$b0 $a0 $b1 $a1" | awk '{print (100*($3-$1)/($4-$2+1e-9) < 15 && 100*($7-$5)/($8-$6+1e-9) < 15) ? "yes" : "no"}')
+        BUSY=$(echo "$b0 $a0 $b1 $a1" | awk '{printf "%.0f%% / %.0f%%", 100*($4-$1)/($5-$2+1e-9), 100*($10-$7)/($11-$8+1e-9)}')
+        quiet=$(echo "$b0 $a0 $b1 $a1" | awk '{print (100*($4-$1)/($5-$2+1e-9) < 15 && 100*($10-$7)/($11-$8+1e-9) < 15) ? "yes" : "no"}')
         [ "$quiet" = yes ] && return 0
         [ "$SECONDS" -ge "$deadline" ] && return 1
         [ -z "$said" ] && log "cores 0 / 1 busy with other work ($BUSY); waiting for them to go quiet"
@@ -297,17 +297,23 @@ run_case() {
         row=$(python3 - "$(grep '^BENCH_RESULT' "$TMP/wrk-$name.$attempt.txt")" "$target" "$conc" "$stream" \
             "$c0a" "$c0b" "$c1a" "$c1b" "$pa" "$pb" "$proxy_pid" "$CLK_TCK" "$TMP/others_a.json" "$TMP/others_b.json" <<'EOF'
 import json, sys
-line, target, conc, stream, c0a, c0b, c1a, c1b, pa, pb, pid, tck, oa, ob = sys.argv[1:]
+line, target, conc, stream, c0a, c0b, c1a, c1b, pa, pb, pid, tck, sa, sb = sys.argv[1:]
 kv = dict(p.split("=") for p in line.split()[1:])
 secs = int(kv["duration_us"]) / 1e6
 tck = int(tck)
 def delta(a, b):
-    (ba, ta), (bb, tb) = map(int, a.split()), map(int, b.split())
-    return bb - ba, tb - ta
-(b0, t0), (b1, t1) = delta(c0a, c0b), delta(c1a, c1b)
-before, after = json.load(open(oa)), json.load(open(ob))
-# CPU used by everything outside the benchmark during the run (either core), in % of one core.
-other = 100.0 * sum(max(0, t - before.get(k, 0)) for k, t in after.items()) / tck / secs
+    (ba, ta, pa_), (bb, tb, pb_) = map(int, a.split()), map(int, b.split())
+    return bb - ba, tb - ta, pb_ - pa_
+(b0, t0, u0), (b1, t1, u1) = delta(c0a, c0b), delta(c1a, c1b)
+before, after = json.load(open(sa)), json.load(open(sb))
+# CPU used by everything outside the benchmark during the run (either core), in % of one core: the
+# summed ticks of other processes seen in /proc, or, when none of the benchmark's processes ran on
+# the proxy core (direct and single-core runs), that core's busy time if larger; it also catches
+# processes too short-lived for the scan. (Subtracting the benchmark's own ticks from the cores'
+# busy time is no good: tick sampling misattributes same-core ping-pong by 10-35 %.)
+scanned = 100.0 * sum(max(0, t - before.get(k, 0)) for k, t in after.items()) / tck / secs
+idle_core = pid == "-" or target.endswith("(1 core)")
+other = max(0.0, scanned, 100.0 * u0 / max(1, t0) if idle_core else 0.0)
 proxy = "" if pid == "-" else f"{100.0 * (int(pb) - int(pa)) / tck / secs:.0f}"
 print("\t".join([target, conc, stream, f"{int(kv['requests']) / secs:.0f}", kv["p50_us"], kv["p90_us"],
                  kv["p99_us"], kv["max_us"], f"{100.0 * b0 / max(1, t0):.0f}", f"{100.0 * b1 / max(1, t1):.0f}",
@@ -524,7 +530,7 @@ w("Layout: the mock upstream (`llm-gateway mock-upstream --split 0`, 1 tokio wor
 w("## Results\n")
 w("`core0` / `core1` = busy % of each core during the measured run (all processes); `proxy CPU` = CPU time of "
   "the nginx worker or the gateway process as % of one core; `other` = CPU used by processes outside the "
-  "benchmark (other users' builds, kernel threads), % of one core. A run with `other` above "
+  "benchmark (other users' builds, kernel threads; a /proc scan, or the proxy core's busy time when the benchmark left that core idle), % of one core. A run with `other` above "
   "10 % is retried up to twice and the least disturbed attempt is kept.\n")
 disturbed = [r for r in rows if float(r["other_pct"]) > 10]
 if disturbed:
