@@ -22,18 +22,25 @@ use crate::providers::{ClientCache, Provider, Target};
 pub struct Shared {
     pub clients: ClientCache,
     pub health: HealthRegistry,
-    /// Loaded embedding models by directory: loading takes a while, so reloads reuse them.
-    embedders: std::sync::Mutex<HashMap<std::path::PathBuf, Arc<dyn crate::route::embed::Embedder>>>,
+    /// Loaded embedding models by (model, directory): loading takes a while, so reloads reuse them
+    /// (and their memo of embedded texts, so unchanged examples are not embedded again).
+    embedders: std::sync::Mutex<HashMap<(String, std::path::PathBuf), Arc<dyn crate::route::embed::Embedder>>>,
 }
 
 impl Shared {
-    pub fn embedder(&self, dir: &std::path::Path) -> Result<Arc<dyn crate::route::embed::Embedder>, GatewayError> {
+    pub fn embedder(
+        &self,
+        model: &str,
+        dir: &std::path::Path,
+    ) -> Result<Arc<dyn crate::route::embed::Embedder>, GatewayError> {
         let mut loaded = self.embedders.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(e) = loaded.get(dir) {
+        let key = (model.to_string(), dir.to_path_buf());
+        if let Some(e) = loaded.get(&key) {
             return Ok(e.clone());
         }
-        let embedder = crate::route::embed::load_builtin(dir).map_err(|e| GatewayError::internal(e.to_string()))?;
-        loaded.insert(dir.to_path_buf(), embedder.clone());
+        let embedder =
+            crate::route::embed::load_local(model, dir).map_err(|e| GatewayError::internal(e.to_string()))?;
+        loaded.insert(key, embedder.clone());
         Ok(embedder)
     }
 }
@@ -104,7 +111,7 @@ impl Snapshot {
             None => None,
             Some(rc) => {
                 let embedder =
-                    if rc.embedding.enabled { Some(shared.embedder(&rc.embedding.model_dir)?) } else { None };
+                    if rc.embedding.enabled { Some(shared.embedder(&rc.embedding.model, &rc.embedding.model_dir)?) } else { None };
                 let price = |name: &str| {
                     models
                         .get(name)

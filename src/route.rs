@@ -12,6 +12,7 @@
 pub mod embed;
 pub mod eval;
 pub mod instruction;
+mod linear;
 pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,7 +24,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::config::ModelConfig;
-use crate::config::router::RouterConfig;
+use crate::config::router::{RouterConfig, Scoring};
 use embed::Embedder;
 use rules::Rules;
 
@@ -44,6 +45,10 @@ struct ExampleIndex {
     embedder: Arc<dyn Embedder>,
     /// (route, unit vector) for every example utterance.
     vectors: Vec<(usize, Vec<f32>)>,
+    /// Per route: the normalised mean of its examples.
+    centroids: Vec<Option<Vec<f32>>>,
+    /// Per route: the weights and bias of a softmax classifier trained on the examples.
+    linear: Option<linear::Softmax>,
 }
 
 /// What one tier saw.
@@ -125,7 +130,27 @@ impl Router {
                 } else {
                     embedder.embed(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
                 };
-                Some(ExampleIndex { embedder, vectors: owners.into_iter().zip(vectors).collect() })
+                let vectors: Vec<(usize, Vec<f32>)> = owners.into_iter().zip(vectors).collect();
+                let centroids = (0..names.len())
+                    .map(|route| {
+                        let mut sum = vec![0f32; embedder.dim()];
+                        let mut any = false;
+                        for (_, v) in vectors.iter().filter(|(r, _)| *r == route) {
+                            sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
+                            any = true;
+                        }
+                        let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
+                        (any && norm > 0.0).then(|| sum.into_iter().map(|x| x / norm).collect())
+                    })
+                    .collect();
+                let linear = match config.embedding.scoring {
+                    Scoring::Linear if !vectors.is_empty() => Some(
+                        linear::Softmax::train(&vectors, names.len())
+                            .map_err(|e| format!("cannot train the router's classifier: {e}"))?,
+                    ),
+                    _ => None,
+                };
+                Some(ExampleIndex { embedder, vectors, centroids, linear })
             }
             _ => None,
         };
@@ -209,10 +234,26 @@ impl Router {
                 return;
             }
         };
-        // A route's score is its best example's similarity (nearest neighbour).
         let mut best = vec![f64::MIN; self.names.len()];
-        for (route, vector) in &index.vectors {
-            best[*route] = best[*route].max(cosine(&query, vector));
+        match (self.config.embedding.scoring, &index.linear) {
+            (Scoring::Linear, Some(model)) => {
+                for (route, p) in model.probabilities(&query).into_iter().enumerate() {
+                    best[route] = p;
+                }
+            }
+            (Scoring::Centroid, _) => {
+                for (route, centroid) in index.centroids.iter().enumerate() {
+                    if let Some(c) = centroid {
+                        best[route] = cosine(&query, c);
+                    }
+                }
+            }
+            _ => {
+                // A route's score is its best example's similarity (nearest neighbour).
+                for (route, vector) in &index.vectors {
+                    best[*route] = best[*route].max(cosine(&query, vector));
+                }
+            }
         }
         let mut scores: Vec<(usize, f64)> = best.into_iter().enumerate().filter(|(_, s)| *s > f64::MIN).collect();
         scores.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -220,7 +261,7 @@ impl Router {
         let choice = match scores.as_slice() {
             [(route, top), rest @ ..] => {
                 let second = rest.first().map_or(0.0, |s| s.1);
-                (*top >= cfg.min_similarity && top - second >= cfg.margin).then_some(*route)
+                (*top >= cfg.min_score && top - second >= cfg.margin).then_some(*route)
             }
             [] => None,
         };

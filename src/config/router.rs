@@ -38,13 +38,17 @@ pub struct RawKeywordTier {
 #[serde(deny_unknown_fields)]
 pub struct RawEmbeddingTier {
     pub enabled: Option<bool>,
-    /// `builtin` (the local MiniLM model) or the name of an embeddings model in `models:`.
+    /// A local model: `builtin` (= `multilingual-e5-small`) or `all-MiniLM-L6-v2` (English only).
     pub model: Option<String>,
-    /// Where the builtin model's files are. Default `models/all-MiniLM-L6-v2`.
+    /// Where the local model's files are. Default `models/<model>`.
     pub model_dir: Option<String>,
-    /// Cosine similarity the best route needs. Default 0.45.
-    pub min_similarity: Option<f64>,
-    /// Lead over the runner-up route the best one needs. Default 0.04.
+    /// How a prompt is compared with the examples: `linear` (default), `centroid` or `nearest`.
+    pub scoring: Option<String>,
+    /// Score the best route needs: a probability for `linear`, a cosine similarity otherwise.
+    /// Default 0.5 for `linear`, 0.45 otherwise.
+    #[serde(alias = "min_similarity")]
+    pub min_score: Option<f64>,
+    /// Lead over the runner-up route the best one needs. Default 0.1 for `linear`, 0.04 otherwise.
     pub margin: Option<f64>,
 }
 
@@ -102,10 +106,25 @@ pub struct KeywordTier {
 #[derive(Debug, Clone)]
 pub struct EmbeddingTier {
     pub enabled: bool,
+    /// A local model name (`builtin` already resolved).
     pub model: String,
     pub model_dir: PathBuf,
-    pub min_similarity: f64,
+    pub scoring: Scoring,
+    pub min_score: f64,
     pub margin: f64,
+}
+
+/// The local embedding models the router can run.
+pub const LOCAL_EMBEDDING_MODELS: [&str; 2] = ["multilingual-e5-small", "all-MiniLM-L6-v2"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scoring {
+    /// A softmax classifier over the example vectors, trained at config load; scores are probabilities.
+    Linear,
+    /// Cosine similarity to the mean of each route's examples.
+    Centroid,
+    /// Cosine similarity to each route's most similar example.
+    Nearest,
 }
 
 #[derive(Debug, Clone)]
@@ -196,14 +215,31 @@ pub(crate) fn validate(
             "name a chat model from `models:`",
         );
     }
-    let embedding_model = embedding.model.clone().unwrap_or_else(|| "builtin".into());
-    if embedding_model != "builtin" && !model_exists(&embedding_model) {
+    let embedding_model = match embedding.model.as_deref() {
+        None | Some("builtin") => LOCAL_EMBEDDING_MODELS[0].to_string(),
+        Some(name) => name.to_string(),
+    };
+    if !LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str()) {
         problems.push(
             "router.embedding.model",
-            format!("unknown model {embedding_model:?}"),
-            "use builtin or an embeddings model from `models:`",
+            format!("unknown local embedding model {embedding_model:?}"),
+            format!("use builtin or one of {}", LOCAL_EMBEDDING_MODELS.join(", ")),
         );
     }
+    let scoring = match embedding.scoring.as_deref() {
+        None | Some("linear") => Scoring::Linear,
+        Some("centroid") => Scoring::Centroid,
+        Some("nearest") => Scoring::Nearest,
+        Some(other) => {
+            problems.push(
+                "router.embedding.scoring",
+                format!("unknown scoring {other:?}"),
+                "use linear, centroid or nearest",
+            );
+            Scoring::Linear
+        }
+    };
+    let (default_min, default_margin) = if scoring == Scoring::Linear { (0.5, 0.1) } else { (0.45, 0.04) };
     let model_name = raw.model_name.unwrap_or_else(|| "auto".into());
     if model_exists(&model_name) {
         problems.push(
@@ -218,10 +254,11 @@ pub(crate) fn validate(
         keyword: KeywordTier { enabled: keyword.enabled.unwrap_or(true), threshold: keyword.threshold.unwrap_or(2.0) },
         embedding: EmbeddingTier {
             enabled: embedding.enabled.unwrap_or(true),
+            model_dir: PathBuf::from(embedding.model_dir.unwrap_or_else(|| format!("models/{embedding_model}"))),
             model: embedding_model,
-            model_dir: PathBuf::from(embedding.model_dir.unwrap_or_else(|| "models/all-MiniLM-L6-v2".into())),
-            min_similarity: embedding.min_similarity.unwrap_or(0.45),
-            margin: embedding.margin.unwrap_or(0.04),
+            scoring,
+            min_score: embedding.min_score.unwrap_or(default_min),
+            margin: embedding.margin.unwrap_or(default_margin),
         },
         classifier: ClassifierTier {
             enabled: classifier.enabled.unwrap_or(true) && classifier.model.is_some(),

@@ -20,6 +20,8 @@
 //! [`candle_elementwise_threads`] reports the value candle will use. Distillation deliberately runs
 //! outside that pool and uses every core.
 
+mod cache;
+mod e5;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -33,6 +35,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{BertModel, Config as BertConfig};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+pub use e5::{E5_MODEL_FILE, E5_NAME, E5Small};
 pub use table::StaticEmbedder;
 
 /// Where `scripts/fetch-model.sh` puts the model, relative to the repository root.
@@ -180,12 +183,7 @@ impl MiniLm {
         let mask = Tensor::from_vec(mask, (batch, seq), device)?;
         let type_ids = ids.zeros_like()?;
         let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // [batch, seq, dim]
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [batch, seq, 1]
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // [batch, dim]
-        let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // [batch, 1]
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-        Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
+        mean_pool_normalized(&hidden, &mask)
     }
 
     fn embed_here(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
@@ -288,6 +286,17 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(bytes).into()
 }
 
+/// Masked mean pooling of `hidden` (`[batch, seq, dim]`) over the tokens whose `mask` (`[batch, seq]`,
+/// u32) is 1, then L2 normalisation: one vector per row.
+fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // [batch, seq, 1]
+    let summed = hidden.broadcast_mul(&mask)?.sum(1)?; // [batch, dim]
+    let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?; // [batch, 1]
+    let mean = summed.broadcast_div(&counts)?;
+    let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
+    Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
+}
+
 /// Scales `v` to unit length; an all-zero vector stays zero.
 fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
@@ -305,7 +314,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// every token costs inference time on the request path.
 pub const ROUTER_MAX_TOKENS: usize = 64;
 
-/// Loads the router's builtin model (all-MiniLM-L6-v2) from `dir`.
-pub fn load_builtin(dir: &Path) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
-    Ok(std::sync::Arc::new(MiniLm::load_with(dir, ROUTER_MAX_TOKENS)?))
+/// Loads one of the router's local models (`multilingual-e5-small` or `all-MiniLM-L6-v2`) from `dir`.
+pub fn load_local(model: &str, dir: &Path) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
+    let inner: std::sync::Arc<dyn Embedder> = match model {
+        E5_NAME => std::sync::Arc::new(E5Small::load(dir, ROUTER_MAX_TOKENS)?),
+        _ => std::sync::Arc::new(MiniLm::load_with(dir, ROUTER_MAX_TOKENS)?),
+    };
+    Ok(std::sync::Arc::new(cache::Memoized::new(inner)))
 }
