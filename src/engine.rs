@@ -32,14 +32,15 @@ impl Shared {
         &self,
         model: &str,
         dir: &std::path::Path,
+        max_tokens: usize,
     ) -> Result<Arc<dyn crate::route::embed::Embedder>, GatewayError> {
         let mut loaded = self.embedders.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (model.to_string(), dir.to_path_buf());
+        let key = (format!("{model}/{max_tokens}"), dir.to_path_buf());
         if let Some(e) = loaded.get(&key) {
             return Ok(e.clone());
         }
         let embedder =
-            crate::route::embed::load_local(model, dir).map_err(|e| GatewayError::internal(e.to_string()))?;
+            crate::route::embed::load_local(model, dir, max_tokens).map_err(|e| GatewayError::internal(e.to_string()))?;
         loaded.insert(key, embedder.clone());
         Ok(embedder)
     }
@@ -111,7 +112,7 @@ impl Snapshot {
             None => None,
             Some(rc) => {
                 let embedder =
-                    if rc.embedding.enabled { Some(shared.embedder(&rc.embedding.model, &rc.embedding.model_dir)?) } else { None };
+                    if rc.embedding.enabled { Some(shared.embedder(&rc.embedding.model, &rc.embedding.model_dir, rc.embedding.max_tokens)?) } else { None };
                 let price = |name: &str| {
                     models
                         .get(name)

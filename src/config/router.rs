@@ -50,6 +50,8 @@ pub struct RawEmbeddingTier {
     pub min_score: Option<f64>,
     /// Lead over the runner-up route the best one needs. Default 0.1 for `linear`, 0.04 otherwise.
     pub margin: Option<f64>,
+    /// Tokens of the instruction the model reads (latency grows with it). Default 48.
+    pub max_tokens: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -110,6 +112,7 @@ pub struct EmbeddingTier {
     pub model: String,
     pub model_dir: PathBuf,
     pub scoring: Scoring,
+    pub max_tokens: usize,
     pub min_score: f64,
     pub margin: f64,
 }
@@ -239,6 +242,11 @@ pub(crate) fn validate(
             Scoring::Linear
         }
     };
+    if let Some(n) = embedding.max_tokens
+        && !(8..=512).contains(&n)
+    {
+        problems.push("router.embedding.max_tokens", format!("{n} is outside 8..=512"), "use e.g. 48");
+    }
     let (default_min, default_margin) = if scoring == Scoring::Linear { (0.5, 0.1) } else { (0.45, 0.04) };
     let model_name = raw.model_name.unwrap_or_else(|| "auto".into());
     if model_exists(&model_name) {
@@ -257,6 +265,7 @@ pub(crate) fn validate(
             model_dir: PathBuf::from(embedding.model_dir.unwrap_or_else(|| format!("models/{embedding_model}"))),
             model: embedding_model,
             scoring,
+            max_tokens: embedding.max_tokens.unwrap_or(48),
             min_score: embedding.min_score.unwrap_or(default_min),
             margin: embedding.margin.unwrap_or(default_margin),
         },

@@ -315,10 +315,11 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 pub const ROUTER_MAX_TOKENS: usize = 64;
 
 /// Loads one of the router's local models (`multilingual-e5-small` or `all-MiniLM-L6-v2`) from `dir`.
-pub fn load_local(model: &str, dir: &Path) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
+/// Each text is cut to `max_tokens` tokens.
+pub fn load_local(model: &str, dir: &Path, max_tokens: usize) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
     let inner: std::sync::Arc<dyn Embedder> = match model {
-        E5_NAME => std::sync::Arc::new(E5Small::load(dir, ROUTER_MAX_TOKENS)?),
-        _ => std::sync::Arc::new(MiniLm::load_with(dir, ROUTER_MAX_TOKENS)?),
+        E5_NAME => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),
+        _ => std::sync::Arc::new(MiniLm::load_with(dir, max_tokens)?),
     };
     Ok(std::sync::Arc::new(cache::Memoized::new(inner)))
 }
