@@ -128,7 +128,7 @@ impl Router {
                 let vectors = if texts.is_empty() {
                     Vec::new()
                 } else {
-                    embedder.embed(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
+                    embedder.embed_examples(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
                 };
                 let vectors: Vec<(usize, Vec<f32>)> = owners.into_iter().zip(vectors).collect();
                 let centroids = (0..names.len())

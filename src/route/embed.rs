@@ -54,6 +54,11 @@ pub trait Embedder: Send + Sync {
     fn dim(&self) -> usize;
     /// One vector per text, in order. An empty slice gives an empty result.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
+    /// [`embed`](Embedder::embed) for configured example utterances, which an implementation may
+    /// keep on disk (never request prompts) so the next start-up does not embed them again.
+    fn embed_examples(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        self.embed(texts)
+    }
 }
 
 /// Why an embedder could not be built or could not embed. Every message says what to do next.
@@ -321,5 +326,6 @@ pub fn load_local(model: &str, dir: &Path, max_tokens: usize) -> Result<std::syn
         E5_NAME => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),
         _ => std::sync::Arc::new(MiniLm::load_with(dir, max_tokens)?),
     };
-    Ok(std::sync::Arc::new(cache::Memoized::new(inner)))
+    let store = dir.join(format!("example-vectors-{max_tokens}.cache"));
+    Ok(std::sync::Arc::new(cache::Memoized::new(inner, Some(store))))
 }

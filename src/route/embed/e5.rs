@@ -35,8 +35,9 @@ const METASPACE: char = '\u{2581}';
 pub struct E5Small {
     encoder: BertEncoder,
     tokenizer: Unigram,
-    /// Word embeddings as Q4_0 rows of `hidden / 32` blocks.
+    /// The model image; from `word_at`, the word embeddings as Q4_0 rows of `hidden / 32` blocks.
     word: Vec<u8>,
+    word_at: usize,
     word_rows: usize,
     /// `[max_positions, hidden]`.
     position: Vec<f32>,
@@ -59,14 +60,20 @@ impl E5Small {
             return Err(EmbedError::ModelMissing { dir: dir.to_path_buf(), missing: E5_MODEL_FILE.into() });
         }
         let bytes = super::read(&path)?;
-        Self::parse(&bytes, max_tokens).map_err(|message| EmbedError::BadModelFile { path: path.clone(), message })
+        let (mut model, word_at) = Self::parse(&bytes, max_tokens)
+            .map_err(|message| EmbedError::BadModelFile { path: path.clone(), message })?;
+        // The word table is most of the file: keep the file's buffer rather than a copy of it.
+        model.word = bytes;
+        model.word_at = word_at;
+        Ok(model)
     }
 
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
 
-    fn parse(bytes: &[u8], max_tokens: usize) -> Result<Self, String> {
+    /// The model without its word table, and where that table starts in `bytes`.
+    fn parse(bytes: &[u8], max_tokens: usize) -> Result<(Self, usize), String> {
         let mut r = Reader { bytes, at: 0 };
         if r.take(4)? != b"E5S1" {
             return Err("not an E5S1 model image (bad magic)".into());
@@ -106,11 +113,11 @@ impl E5Small {
                 .get(offset..offset.saturating_add(len))
                 .filter(|d| d.len() == expected)
                 .ok_or_else(|| format!("tensor {name}: truncated or mis-sized"))?;
-            directory.insert(name, (dtype, count, data));
+            directory.insert(name, (dtype, count, data, offset));
         }
         let tensor = |name: &str, dtype: u8, count: usize| -> Result<&[u8], String> {
             match directory.get(name) {
-                Some((d, c, data)) if *d == dtype && *c == count => Ok(data),
+                Some((d, c, data, _)) if *d == dtype && *c == count => Ok(data),
                 Some(_) => Err(format!("tensor {name}: unexpected type or size")),
                 None => Err(format!("tensor {name} is missing")),
             }
@@ -168,13 +175,15 @@ impl E5Small {
         };
         let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
         let encoder = BertEncoder::load(vb, &config).map_err(|e| format!("building the encoder: {e}"))?;
-        let word = tensor("emb.word", 1, vocab * hidden)?.to_vec();
+        tensor("emb.word", 1, vocab * hidden)?;
+        let word_at = directory.get("emb.word").map_or(0, |entry| entry.3);
         let mut token_type = f32s("emb.type", type_vocab * hidden)?;
         token_type.truncate(hidden);
-        Ok(Self {
+        let model = Self {
             encoder,
             tokenizer,
-            word,
+            word: Vec::new(),
+            word_at: 0,
             word_rows: vocab,
             position: f32s("emb.pos", max_positions * hidden)?,
             token_type,
@@ -185,7 +194,8 @@ impl E5Small {
             max_positions,
             max_tokens,
             device,
-        })
+        };
+        Ok((model, word_at))
     }
 
     /// Token ids the model sees for `text`: `<s>`, the prefixed text's pieces (capped), `</s>`.
@@ -202,7 +212,8 @@ impl E5Small {
     fn embed_token(&self, id: u32, position: usize, out: &mut [f32]) {
         let row_bytes = self.hidden / QK * Q4_BLOCK_BYTES;
         let id = (id as usize).min(self.word_rows - 1);
-        dequantize_into(&self.word[id * row_bytes..(id + 1) * row_bytes], out);
+        let row = self.word_at + id * row_bytes;
+        dequantize_into(&self.word[row..row + row_bytes], out);
         let position = &self.position[position.min(self.max_positions - 1) * self.hidden..][..self.hidden];
         for ((x, p), t) in out.iter_mut().zip(position).zip(&self.token_type) {
             *x += p + t;
