@@ -1180,6 +1180,31 @@ mod tests {
     }
 
     #[test]
+    fn router_embedding_settings_are_validated() {
+        let base = "providers:\n  m: { kind: mock }\nmodels:\n  a: { deployments: [ { provider: m, model: a } ] }\nrouter:\n  default: r\n  routes: [ { name: r, model: a, description: d } ]\n";
+        let config = parse(base).unwrap();
+        let embedding = &config.router.as_ref().unwrap().embedding;
+        assert_eq!(embedding.model, "multilingual-e5-small");
+        assert_eq!(embedding.model_dir, std::path::PathBuf::from("models/multilingual-e5-small"));
+        assert_eq!(embedding.scoring, router::Scoring::Linear);
+        assert_eq!((embedding.min_score, embedding.margin, embedding.max_tokens), (0.5, 0.1, 48));
+        let with = |line: &str| parse(&format!("{base}  embedding: {{ {line} }}\n"));
+        let legacy = with("scoring: nearest, min_similarity: 0.3").unwrap();
+        assert_eq!(legacy.router.unwrap().embedding.min_score, 0.3);
+        for (line, expected) in [
+            (
+                "scoring: knn",
+                "test.yaml: router.embedding.scoring: unknown scoring \"knn\" — use linear, centroid or nearest",
+            ),
+            ("model: bert-large", "router.embedding.model: unknown local embedding model \"bert-large\""),
+            ("max_tokens: 4", "router.embedding.max_tokens: 4 is outside 8..=512"),
+        ] {
+            let text = with(line).unwrap_err().to_string();
+            assert!(text.contains(expected), "{line}: {text}");
+        }
+    }
+
+    #[test]
     fn preset_fills_base_url() {
         let config = parse("providers:\n  local: { kind: openai_compatible, preset: ollama }\n").unwrap();
         assert_eq!(config.providers["local"].base_url, "http://127.0.0.1:11434/v1");
