@@ -17,6 +17,9 @@ use crate::config::{Config, ModelConfig};
 use crate::error::GatewayError;
 use crate::providers::{ClientCache, Provider, Target};
 
+/// Loaded local embedding models by (model, directory, max tokens).
+type EmbedderCache = HashMap<(String, std::path::PathBuf, usize), Arc<dyn crate::route::embed::Embedder>>;
+
 /// State that outlives config snapshots: warm connection pools and deployment health.
 #[derive(Default)]
 pub struct Shared {
@@ -24,7 +27,7 @@ pub struct Shared {
     pub health: HealthRegistry,
     /// Loaded embedding models by (model, directory): loading takes a while, so reloads reuse them
     /// (and their memo of embedded texts, so unchanged examples are not embedded again).
-    embedders: std::sync::Mutex<HashMap<(String, std::path::PathBuf), Arc<dyn crate::route::embed::Embedder>>>,
+    embedders: std::sync::Mutex<EmbedderCache>,
 }
 
 impl Shared {
@@ -35,7 +38,7 @@ impl Shared {
         max_tokens: usize,
     ) -> Result<Arc<dyn crate::route::embed::Embedder>, GatewayError> {
         let mut loaded = self.embedders.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (format!("{model}/{max_tokens}"), dir.to_path_buf());
+        let key = (model.to_string(), dir.to_path_buf(), max_tokens);
         if let Some(e) = loaded.get(&key) {
             return Ok(e.clone());
         }

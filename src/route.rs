@@ -43,12 +43,64 @@ pub struct Router {
 
 struct ExampleIndex {
     embedder: Arc<dyn Embedder>,
+    scorer: Scorer,
+}
+
+/// What the configured `scoring` keeps from the example vectors.
+enum Scorer {
     /// (route, unit vector) for every example utterance.
-    vectors: Vec<(usize, Vec<f32>)>,
-    /// Per route: the normalised mean of its examples.
-    centroids: Vec<Option<Vec<f32>>>,
-    /// Per route: the weights and bias of a softmax classifier trained on the examples.
-    linear: Option<linear::Softmax>,
+    Nearest(Vec<(usize, Vec<f32>)>),
+    /// Per route: the normalised mean of its examples (`None` for a route without examples).
+    Centroid(Vec<Option<Vec<f32>>>),
+    /// A softmax classifier trained on the examples.
+    Linear(linear::Softmax),
+}
+
+impl Scorer {
+    fn build(scoring: Scoring, vectors: Vec<(usize, Vec<f32>)>, routes: usize, dim: usize) -> Result<Self, String> {
+        Ok(match scoring {
+            // Without examples every scorer abstains; nearest-example does so without training.
+            _ if vectors.is_empty() => Scorer::Nearest(vectors),
+            Scoring::Nearest => Scorer::Nearest(vectors),
+            Scoring::Centroid => Scorer::Centroid(
+                (0..routes)
+                    .map(|route| {
+                        let mut members = vectors.iter().filter(|(r, _)| *r == route).peekable();
+                        members.peek()?;
+                        let mut sum = vec![0f32; dim];
+                        members.for_each(|(_, v)| sum.iter_mut().zip(v).for_each(|(s, x)| *s += x));
+                        embed::normalize(&mut sum);
+                        Some(sum)
+                    })
+                    .collect(),
+            ),
+            Scoring::Linear => Scorer::Linear(
+                linear::Softmax::train(&vectors, routes)
+                    .map_err(|e| format!("cannot train the router's classifier: {e}"))?,
+            ),
+        })
+    }
+
+    /// Each route's score for a unit `query` vector (`f64::MIN` for a route it cannot score).
+    fn scores(&self, query: &[f32], routes: usize) -> Vec<f64> {
+        let mut best = vec![f64::MIN; routes];
+        match self {
+            Scorer::Linear(model) => best = model.probabilities(query),
+            Scorer::Centroid(centroids) => {
+                for (route, centroid) in centroids.iter().enumerate() {
+                    if let Some(c) = centroid {
+                        best[route] = cosine(query, c);
+                    }
+                }
+            }
+            Scorer::Nearest(vectors) => {
+                for (route, vector) in vectors {
+                    best[*route] = best[*route].max(cosine(query, vector));
+                }
+            }
+        }
+        best
+    }
 }
 
 /// What one tier saw.
@@ -131,26 +183,8 @@ impl Router {
                     embedder.embed_examples(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
                 };
                 let vectors: Vec<(usize, Vec<f32>)> = owners.into_iter().zip(vectors).collect();
-                let centroids = (0..names.len())
-                    .map(|route| {
-                        let mut sum = vec![0f32; embedder.dim()];
-                        let mut any = false;
-                        for (_, v) in vectors.iter().filter(|(r, _)| *r == route) {
-                            sum.iter_mut().zip(v).for_each(|(s, x)| *s += x);
-                            any = true;
-                        }
-                        let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
-                        (any && norm > 0.0).then(|| sum.into_iter().map(|x| x / norm).collect())
-                    })
-                    .collect();
-                let linear = match config.embedding.scoring {
-                    Scoring::Linear if !vectors.is_empty() => Some(
-                        linear::Softmax::train(&vectors, names.len())
-                            .map_err(|e| format!("cannot train the router's classifier: {e}"))?,
-                    ),
-                    _ => None,
-                };
-                Some(ExampleIndex { embedder, vectors, centroids, linear })
+                let scorer = Scorer::build(config.embedding.scoring, vectors, names.len(), embedder.dim())?;
+                Some(ExampleIndex { embedder, scorer })
             }
             _ => None,
         };
@@ -234,27 +268,7 @@ impl Router {
                 return;
             }
         };
-        let mut best = vec![f64::MIN; self.names.len()];
-        match (self.config.embedding.scoring, &index.linear) {
-            (Scoring::Linear, Some(model)) => {
-                for (route, p) in model.probabilities(&query).into_iter().enumerate() {
-                    best[route] = p;
-                }
-            }
-            (Scoring::Centroid, _) => {
-                for (route, centroid) in index.centroids.iter().enumerate() {
-                    if let Some(c) = centroid {
-                        best[route] = cosine(&query, c);
-                    }
-                }
-            }
-            _ => {
-                // A route's score is its best example's similarity (nearest neighbour).
-                for (route, vector) in &index.vectors {
-                    best[*route] = best[*route].max(cosine(&query, vector));
-                }
-            }
-        }
+        let best = index.scorer.scores(&query, self.names.len());
         let mut scores: Vec<(usize, f64)> = best.into_iter().enumerate().filter(|(_, s)| *s > f64::MIN).collect();
         scores.sort_by(|a, b| b.1.total_cmp(&a.1));
         let cfg = &self.config.embedding;

@@ -303,7 +303,7 @@ fn mean_pool_normalized(hidden: &Tensor, mask: &Tensor) -> Result<Vec<Vec<f32>>,
 }
 
 /// Scales `v` to unit length; an all-zero vector stays zero.
-fn normalize(v: &mut [f32]) {
+pub(crate) fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);

@@ -111,19 +111,28 @@ impl Embedder for Memoized {
     }
 
     fn embed_examples(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let keys: Vec<u64> = texts.iter().map(|t| self.key(t)).collect();
         let stored = {
             let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
-            texts.iter().all(|t| memo.contains_key(&self.key(t)))
+            keys.iter().all(|k| memo.contains_key(k))
         };
-        let vectors = self.embed(texts)?;
+        let vectors = self.embed_keyed(texts, &keys)?;
         if !stored {
-            self.persist(&texts.iter().map(|t| self.key(t)).collect::<Vec<_>>());
+            self.persist(&keys);
         }
         Ok(vectors)
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let keys: Vec<u64> = texts.iter().map(|t| self.key(t)).collect();
+        self.embed_keyed(texts, &keys)
+    }
+}
+
+impl Memoized {
+    /// Vectors for `texts` whose memo keys are `keys`: remembered ones from the memo, the rest from
+    /// the model (then remembered).
+    fn embed_keyed(&self, texts: &[&str], keys: &[u64]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut found: Vec<Option<Arc<[f32]>>> = {
             let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
             keys.iter().map(|k| memo.get(k).cloned()).collect()

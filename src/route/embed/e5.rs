@@ -62,6 +62,9 @@ impl E5Small {
         let bytes = super::read(&path)?;
         let (mut model, word_at) = Self::parse(&bytes, max_tokens)
             .map_err(|message| EmbedError::BadModelFile { path: path.clone(), message })?;
+        if !(3..=model.max_positions).contains(&max_tokens) {
+            return Err(EmbedError::MaxTokens { got: max_tokens, limit: model.max_positions });
+        }
         // The word table is most of the file: keep the file's buffer rather than a copy of it.
         model.word = bytes;
         model.word_at = word_at;
@@ -89,9 +92,6 @@ impl E5Small {
         let block = r.usize()?;
         if block != QK || hidden % QK != 0 || ffn % QK != 0 || heads == 0 || hidden % heads != 0 {
             return Err(format!("unexpected shapes: hidden {hidden}, ffn {ffn}, heads {heads}, block {block}"));
-        }
-        if !(3..=max_positions).contains(&max_tokens) {
-            return Err(format!("max_tokens must be between 3 and {max_positions}, got {max_tokens}"));
         }
         let tokenizer = Unigram::parse(&mut r)?;
 
