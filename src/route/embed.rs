@@ -22,6 +22,8 @@
 
 mod cache;
 mod e5;
+mod encoder;
+mod int8;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -37,6 +39,15 @@ use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 pub use e5::{E5_MODEL_FILE, E5_NAME, E5Small};
 pub use table::StaticEmbedder;
+
+/// The int8 product kernel this CPU runs the builtin model with (for benchmarks and logs).
+pub fn int8_kernel() -> &'static str {
+    match int8::kernel() {
+        int8::Kernel::Vnni512 => "AVX-512 VNNI",
+        int8::Kernel::Avx2 => "AVX2 (portable loop)",
+        int8::Kernel::Portable => "portable loop",
+    }
+}
 
 /// Where `scripts/fetch-model.sh` puts the model, relative to the repository root.
 pub const DEFAULT_MODEL_DIR: &str = "models/all-MiniLM-L6-v2";

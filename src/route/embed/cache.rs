@@ -22,7 +22,8 @@ pub struct Memoized {
     store: Option<PathBuf>,
 }
 
-const STORE_MAGIC: &[u8; 8] = b"LGVEC01\n";
+// 02: vectors from the int8 encoder; files from the f32 one are ignored and rewritten.
+const STORE_MAGIC: &[u8; 8] = b"LGVEC02\n";
 
 impl Memoized {
     pub fn new(inner: Arc<dyn Embedder>, store: Option<PathBuf>) -> Self {

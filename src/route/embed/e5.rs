@@ -12,11 +12,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertEncoder, Config as BertConfig, HiddenAct};
-
-use super::{EmbedError, Embedder, mean_pool_normalized, on_one_thread};
+use super::encoder::{Encoder, Layer, Norm};
+use super::int8::QuantLinear;
+use super::{EmbedError, Embedder, normalize};
 
 /// The file `scripts/fetch-model.sh` puts in the model directory.
 pub const E5_MODEL_FILE: &str = "e5-small-q4.bin";
@@ -33,7 +31,7 @@ const METASPACE: char = '\u{2581}';
 
 /// multilingual-e5-small on candle (CPU). Cheap to share: put it in an `Arc`.
 pub struct E5Small {
-    encoder: BertEncoder,
+    encoder: Encoder,
     tokenizer: Unigram,
     /// The model image; from `word_at`, the word embeddings as Q4_0 rows of `hidden / 32` blocks.
     word: Vec<u8>,
@@ -49,7 +47,6 @@ pub struct E5Small {
     hidden: usize,
     max_positions: usize,
     max_tokens: usize,
-    device: Device,
 }
 
 impl E5Small {
@@ -124,57 +121,38 @@ impl E5Small {
         };
         let f32s = |name: &str, count: usize| tensor(name, 0, count).map(f32_values);
 
-        let device = Device::Cpu;
-        let mut weights: HashMap<String, Tensor> = HashMap::new();
-        let mut put = |name: String, values: Vec<f32>, shape: &[usize]| -> Result<(), String> {
-            let t = Tensor::from_vec(values, shape, &device).map_err(|e| e.to_string())?;
-            weights.insert(name, t);
-            Ok(())
+        let matrix = |name: &str, rows: usize, cols: usize| tensor(name, 1, rows * cols).map(dequantize);
+        let norm = |name: &str| -> Result<Norm, String> {
+            Ok(Norm { weight: f32s(&format!("{name}.w"), hidden)?, bias: f32s(&format!("{name}.b"), hidden)? })
         };
-        // (our name, candle's name, rows, columns); vectors have columns 0.
-        let per_layer = [
-            ("q.w", "attention.self.query.weight", hidden, hidden),
-            ("q.b", "attention.self.query.bias", hidden, 0),
-            ("k.w", "attention.self.key.weight", hidden, hidden),
-            ("k.b", "attention.self.key.bias", hidden, 0),
-            ("v.w", "attention.self.value.weight", hidden, hidden),
-            ("v.b", "attention.self.value.bias", hidden, 0),
-            ("ao.w", "attention.output.dense.weight", hidden, hidden),
-            ("ao.b", "attention.output.dense.bias", hidden, 0),
-            ("aln.w", "attention.output.LayerNorm.weight", hidden, 0),
-            ("aln.b", "attention.output.LayerNorm.bias", hidden, 0),
-            ("fi.w", "intermediate.dense.weight", ffn, hidden),
-            ("fi.b", "intermediate.dense.bias", ffn, 0),
-            ("fo.w", "output.dense.weight", hidden, ffn),
-            ("fo.b", "output.dense.bias", hidden, 0),
-            ("oln.w", "output.LayerNorm.weight", hidden, 0),
-            ("oln.b", "output.LayerNorm.bias", hidden, 0),
-        ];
+        let mut encoder_layers = Vec::with_capacity(layers);
         for layer in 0..layers {
-            for (ours, theirs, rows, cols) in per_layer {
-                let name = format!("l{layer}.{ours}");
-                let candle_name = format!("layer.{layer}.{theirs}");
-                if cols == 0 {
-                    put(candle_name, f32s(&name, rows)?, &[rows])?;
-                } else {
-                    put(candle_name, dequantize(tensor(&name, 1, rows * cols)?), &[rows, cols])?;
-                }
+            let at = |part: &str| format!("l{layer}.{part}");
+            let linear = |part: &str, rows: usize, cols: usize| {
+                QuantLinear::new(
+                    &matrix(&at(&format!("{part}.w")), rows, cols)?,
+                    f32s(&at(&format!("{part}.b")), rows)?,
+                    rows,
+                    cols,
+                )
+            };
+            // Query, key and value share their input: one product with the three matrices stacked.
+            let mut qkv_weights = Vec::with_capacity(3 * hidden * hidden);
+            let mut qkv_bias = Vec::with_capacity(3 * hidden);
+            for part in ["q", "k", "v"] {
+                qkv_weights.extend(matrix(&at(&format!("{part}.w")), hidden, hidden)?);
+                qkv_bias.extend(f32s(&at(&format!("{part}.b")), hidden)?);
             }
+            encoder_layers.push(Layer {
+                qkv: QuantLinear::new(&qkv_weights, qkv_bias, 3 * hidden, hidden)?,
+                attention_out: linear("ao", hidden, hidden)?,
+                attention_norm: norm(&at("aln"))?,
+                intermediate: linear("fi", ffn, hidden)?,
+                output: linear("fo", hidden, ffn)?,
+                output_norm: norm(&at("oln"))?,
+            });
         }
-        let config = BertConfig {
-            vocab_size: vocab,
-            hidden_size: hidden,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            intermediate_size: ffn,
-            hidden_act: HiddenAct::Gelu,
-            max_position_embeddings: max_positions,
-            type_vocab_size: type_vocab,
-            layer_norm_eps: f64::from(eps),
-            ..BertConfig::default()
-        };
-        let vb = VarBuilder::from_tensors(weights, DType::F32, &device);
-        let encoder = BertEncoder::load(vb, &config).map_err(|e| format!("building the encoder: {e}"))?;
+        let encoder = Encoder { layers: encoder_layers, heads, hidden, eps };
         tensor("emb.word", 1, vocab * hidden)?;
         let word_at = directory.get("emb.word").map_or(0, |entry| entry.3);
         let mut token_type = f32s("emb.type", type_vocab * hidden)?;
@@ -193,7 +171,6 @@ impl E5Small {
             hidden,
             max_positions,
             max_tokens,
-            device,
         };
         Ok((model, word_at))
     }
@@ -202,7 +179,14 @@ impl E5Small {
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(self.max_tokens);
         ids.push(self.tokenizer.bos);
-        let prefixed = format!("{QUERY_PREFIX}{text}");
+        // Only the first tokens are kept: tokenize a prefix long enough for them (no piece is
+        // anywhere near 32 bytes), not a pasted 4,000-token document.
+        let budget = self.max_tokens * 32;
+        let mut cut = budget.min(text.len());
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let prefixed = format!("{QUERY_PREFIX}{}", &text[..cut]);
         ids.extend(self.tokenizer.encode(&prefixed).into_iter().take(self.max_tokens - 2));
         ids.push(self.tokenizer.eos);
         ids
@@ -227,25 +211,16 @@ impl E5Small {
         }
     }
 
-    fn embed_here(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        let ids: Vec<Vec<u32>> = texts.iter().map(|t| self.token_ids(t)).collect();
-        let (batch, seq) = (ids.len(), ids.iter().map(Vec::len).max().unwrap_or(0));
-        let mut input = vec![0f32; batch * seq * self.hidden];
-        let mut mask = vec![0u32; batch * seq];
-        for (b, text) in ids.iter().enumerate() {
-            for (p, id) in text.iter().enumerate() {
-                let at = (b * seq + p) * self.hidden;
-                self.embed_token(*id, p, &mut input[at..at + self.hidden]);
-                mask[b * seq + p] = 1;
-            }
+    /// The pooled, L2-normalised vector of one text.
+    fn embed_one(&self, text: &str) -> Vec<f32> {
+        let ids = self.token_ids(text);
+        let mut input = vec![0f32; ids.len() * self.hidden];
+        for ((p, id), out) in ids.iter().enumerate().zip(input.chunks_exact_mut(self.hidden)) {
+            self.embed_token(*id, p, out);
         }
-        let input = Tensor::from_vec(input, (batch, seq, self.hidden), &self.device)?;
-        let mask = Tensor::from_vec(mask, (batch, seq), &self.device)?;
-        // 0 where a token is real, a huge negative where it is padding, added to attention scores.
-        let additive =
-            ((mask.ones_like()? - &mask)?.to_dtype(DType::F32)? * f64::from(f32::MIN))?.unsqueeze(1)?.unsqueeze(1)?;
-        let hidden = self.encoder.forward(&input, &additive)?;
-        mean_pool_normalized(&hidden, &mask)
+        let mut vector = self.encoder.forward(input);
+        normalize(&mut vector);
+        vector
     }
 }
 
@@ -259,10 +234,7 @@ impl Embedder for E5Small {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
-        }
-        on_one_thread(|| self.embed_here(texts))?
+        Ok(texts.iter().map(|text| self.embed_one(text)).collect())
     }
 }
 
