@@ -3,7 +3,7 @@
 //! attention mask; the router embeds one prompt per request, and start-up spreads the examples over
 //! threads (`cache.rs`).
 
-use super::int8::{Kernel, QuantLinear, QuantRows, kernel, round_nearest};
+use super::int8::{Kernel, MAGIC, QuantLinear, QuantRows, kernel};
 
 pub struct Layer {
     /// Query, key and value stacked: `3 × hidden` outputs from one product.
@@ -258,12 +258,17 @@ fn gelu(x: f32) -> f32 {
 #[inline(always)]
 fn fast_exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = round_nearest(x * std::f32::consts::LOG2_E);
+    // n = round(x / ln 2), read from the float's mantissa bits (see `MAGIC`): a float-to-int `as`
+    // cast saturates, which the compiler cannot vectorize.
+    let shifted = x * std::f32::consts::LOG2_E + MAGIC;
+    let n = shifted - MAGIC;
     // ln 2 split in two so `x - n·ln2` stays exact.
     let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
     let p = 1.0
         + r * (1.0 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_334 + r * 0.001_388_889)))));
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    // The low bits of `shifted` hold n in two's complement; 127 + n is 2^n's exponent field.
+    let exponent = shifted.to_bits().wrapping_sub(MAGIC.to_bits()).wrapping_add(127);
+    p * f32::from_bits(exponent << 23)
 }
 
 #[cfg(test)]
