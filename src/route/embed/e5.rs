@@ -179,15 +179,23 @@ impl E5Small {
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
         let mut ids = Vec::with_capacity(self.max_tokens);
         ids.push(self.tokenizer.bos);
-        // Only the first tokens are kept: tokenize a prefix long enough for them (no piece is
-        // anywhere near 32 bytes), not a pasted 4,000-token document.
-        let budget = self.max_tokens * 32;
-        let mut cut = budget.min(text.len());
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let prefixed = format!("{QUERY_PREFIX}{}", &text[..cut]);
-        ids.extend(self.tokenizer.encode(&prefixed).into_iter().take(self.max_tokens - 2));
+        // Only the first tokens are kept: tokenize a prefix of the text (~8 bytes per token), and a
+        // longer one only when that prefix did not yield more pieces than are kept (so the cut,
+        // which may split a word, never touches a kept piece): not a pasted 4,000-token document.
+        let wanted = self.max_tokens - 2;
+        let mut budget = (self.max_tokens * 8).max(64);
+        let pieces = loop {
+            let mut cut = budget.min(text.len());
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let pieces = self.tokenizer.encode(&format!("{QUERY_PREFIX}{}", &text[..cut]));
+            if cut == text.len() || pieces.len() > wanted {
+                break pieces;
+            }
+            budget *= 4;
+        };
+        ids.extend(pieces.into_iter().take(wanted));
         ids.push(self.tokenizer.eos);
         ids
     }

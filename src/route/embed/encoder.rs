@@ -98,52 +98,74 @@ impl Encoder {
     }
 
     /// Scaled dot-product attention per head over `qkv` (`tokens × 3·hidden`) into `context`.
-    /// Each head's keys are transposed first (padded to a multiple of 16 tokens), so a query's
-    /// scores against 16 keys at a time are `width` vector updates of one register, and a query's
-    /// output accumulates in registers too; heads are 32 wide in every BERT-small.
+    /// Per head, queries, transposed keys and values are copied out (padded with zeros), then
+    /// scores and outputs are computed for 4 queries × 16 keys (or × 32 output values) at a time,
+    /// so every key or value loaded feeds 4 independent accumulations held in registers.
     #[inline(always)]
     fn attend(&self, qkv: &[f32], tokens: usize, context: &mut Vec<f32>, buffers: &mut Attention) {
         let hidden = self.hidden;
-        let width = hidden / self.heads;
-        if width != HEAD {
+        if hidden / self.heads != HEAD {
             return self.attend_any_width(qkv, tokens, context, buffers);
         }
-        let scale = 1.0 / (width as f32).sqrt();
+        let scale = 1.0 / (HEAD as f32).sqrt();
         context.clear();
         context.resize(tokens * hidden, 0.0);
-        let padded = tokens.next_multiple_of(KEYS);
-        let Attention { keys, scores } = buffers;
+        let (rows, columns) = (tokens.next_multiple_of(QUERIES), tokens.next_multiple_of(KEYS));
+        let Attention { queries, keys, values, scores } = buffers;
+        queries.clear();
+        queries.resize(rows, [0.0; HEAD]);
         keys.clear();
-        keys.resize(HEAD * padded, 0.0);
-        scores.resize(padded, 0.0);
+        keys.resize(HEAD * columns, 0.0);
+        values.clear();
+        values.resize(columns, [0.0; HEAD]);
+        scores.clear();
+        scores.resize(rows * columns, 0.0);
         for head in 0..self.heads {
             let (q_at, k_at, v_at) = (head * HEAD, hidden + head * HEAD, 2 * hidden + head * HEAD);
-            for (s, row) in qkv.chunks_exact(3 * hidden).enumerate() {
+            for (t, row) in qkv.chunks_exact(3 * hidden).enumerate() {
+                queries[t].iter_mut().zip(&row[q_at..q_at + HEAD]).for_each(|(q, v)| *q = v * scale);
                 for (e, k) in row[k_at..k_at + HEAD].iter().enumerate() {
-                    keys[e * padded + s] = *k;
+                    keys[e * columns + t] = *k;
+                }
+                values[t].copy_from_slice(&row[v_at..v_at + HEAD]);
+            }
+            for (quad, out) in queries.as_chunks::<QUERIES>().0.iter().zip(scores.chunks_exact_mut(QUERIES * columns)) {
+                for block in 0..columns / KEYS {
+                    let mut acc = [[0f32; KEYS]; QUERIES];
+                    for (e, key_row) in keys.chunks_exact(columns).enumerate() {
+                        let key = &key_row.as_chunks::<KEYS>().0[block];
+                        for (a, query) in acc.iter_mut().zip(quad) {
+                            let q = query[e];
+                            a.iter_mut().zip(key).for_each(|(a, k)| *a += q * k);
+                        }
+                    }
+                    for (r, a) in acc.iter().enumerate() {
+                        out[r * columns + block * KEYS..][..KEYS].copy_from_slice(a);
+                    }
                 }
             }
-            for t in 0..tokens {
-                let query: [f32; HEAD] = std::array::from_fn(|e| qkv[t * 3 * hidden + q_at + e] * scale);
-                for (block, out) in scores.as_chunks_mut::<KEYS>().0.iter_mut().enumerate() {
-                    let mut acc = [0f32; KEYS];
-                    for (e, q) in query.iter().enumerate() {
-                        let key: &[f32; KEYS] = keys[e * padded + block * KEYS..].first_chunk().unwrap_or(&[0.0; KEYS]);
-                        acc.iter_mut().zip(key).for_each(|(a, k)| *a += q * k);
+            for row in scores.chunks_exact_mut(columns).take(tokens) {
+                let (live, padding) = row.split_at_mut(tokens);
+                let peak = maximum(live);
+                live.iter_mut().for_each(|s| *s = fast_exp(*s - peak));
+                let inverse = 1.0 / sum(live);
+                live.iter_mut().for_each(|s| *s *= inverse);
+                padding.fill(0.0);
+            }
+            for (quad, weights) in scores.chunks_exact(QUERIES * columns).enumerate() {
+                let mut acc = [[0f32; HEAD]; QUERIES];
+                for (s, value) in values.iter().enumerate().take(tokens) {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        let p = weights[r * columns + s];
+                        a.iter_mut().zip(value).for_each(|(a, v)| *a += p * v);
                     }
-                    *out = acc;
                 }
-                let scores = &mut scores[..tokens];
-                let peak = maximum(scores);
-                scores.iter_mut().for_each(|s| *s = fast_exp(*s - peak));
-                let inverse = 1.0 / sum(scores);
-                let mut acc = [0f32; HEAD];
-                for (score, row) in scores.iter().zip(qkv.chunks_exact(3 * hidden)) {
-                    let weight = score * inverse;
-                    let value: &[f32; HEAD] = row[v_at..].first_chunk().unwrap_or(&[0.0; HEAD]);
-                    acc.iter_mut().zip(value).for_each(|(o, v)| *o += weight * v);
+                for (r, a) in acc.iter().enumerate() {
+                    let t = quad * QUERIES + r;
+                    if t < tokens {
+                        context[t * hidden + q_at..][..HEAD].copy_from_slice(a);
+                    }
                 }
-                context[t * hidden + q_at..][..HEAD].copy_from_slice(&acc);
             }
         }
     }
@@ -180,12 +202,17 @@ impl Encoder {
 const HEAD: usize = 32;
 /// Keys scored per register block.
 const KEYS: usize = 16;
+/// Queries handled together: each key or value loaded feeds this many accumulations.
+const QUERIES: usize = 4;
 
 /// Buffers the attention step reuses from layer to layer.
 #[derive(Default)]
 struct Attention {
-    /// One head's keys, `width × tokens`.
+    /// One head's queries (scaled), keys transposed (`HEAD × columns`), values, and scores
+    /// (`rows × columns`, then probabilities), zero-padded.
+    queries: Vec<[f32; HEAD]>,
     keys: Vec<f32>,
+    values: Vec<[f32; HEAD]>,
     scores: Vec<f32>,
 }
 

@@ -102,6 +102,14 @@ fn long_texts_are_cut_to_max_tokens() {
     assert_eq!(model.token_ids(&long).len(), 64);
     assert_eq!(model.token_ids("").len(), 2 + model.tokenizer.encode(QUERY_PREFIX).len());
     assert_eq!(model.embed(&[long.as_str()]).expect("embeds")[0].len(), 384);
+    // Only a prefix is tokenized; the kept pieces must be those of the whole text, also when the
+    // first prefix holds too few pieces (a long run of spaces) or cuts through multi-byte text.
+    let spaced = format!("start{}{}", " ".repeat(3000), "mot suivant ".repeat(200));
+    let japanese = "日本語の長い文章を英語に翻訳してください。".repeat(100);
+    for text in [long.as_str(), spaced.as_str(), japanese.as_str()] {
+        let whole = model.tokenizer.encode(&format!("{QUERY_PREFIX}{text}"));
+        assert_eq!(&model.token_ids(text)[1..63], &whole[..62], "{}", &text[..20]);
+    }
 }
 
 #[test]
