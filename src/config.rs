@@ -1196,7 +1196,10 @@ mod tests {
                 "scoring: knn",
                 "test.yaml: router.embedding.scoring: unknown scoring \"knn\" — use linear, centroid or nearest",
             ),
-            ("model: bert-large", "router.embedding.model: unknown local embedding model \"bert-large\""),
+            (
+                "model: bert-large",
+                "router.embedding.model: \"bert-large\" is neither a local embedding model nor a model in `models:`",
+            ),
             ("max_tokens: 4", "router.embedding.max_tokens: 4 is outside 8..=512"),
         ] {
             let text = with(line).unwrap_err().to_string();

@@ -114,10 +114,10 @@ impl Snapshot {
         let router = match &config.router {
             None => None,
             Some(rc) => {
-                let embedder = if rc.embedding.enabled {
-                    Some(shared.embedder(&rc.embedding.model, &rc.embedding.model_dir, rc.embedding.max_tokens)?)
-                } else {
-                    None
+                let embedder = match (&rc.embedding, models.get(&rc.embedding.model)) {
+                    (tier, _) if !tier.enabled => None,
+                    (tier, Some(model)) if tier.remote => Some(crate::route::embed::remote_embedder(model.clone())),
+                    (tier, _) => Some(shared.embedder(&tier.model, &tier.model_dir, tier.max_tokens)?),
                 };
                 let price = |name: &str| {
                     models

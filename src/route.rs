@@ -43,7 +43,30 @@ pub struct Router {
 
 struct ExampleIndex {
     embedder: Arc<dyn Embedder>,
-    scorer: Scorer,
+    /// Built from the examples at config load, or on first use for a remote embedder (a failed
+    /// build is retried by the next request; meanwhile the tier abstains with the reason).
+    scorer: std::sync::OnceLock<Scorer>,
+    /// (route, example utterance).
+    examples: Vec<(usize, String)>,
+    scoring: Scoring,
+    routes: usize,
+}
+
+impl ExampleIndex {
+    fn scorer(&self) -> Result<&Scorer, String> {
+        if let Some(scorer) = self.scorer.get() {
+            return Ok(scorer);
+        }
+        let texts: Vec<&str> = self.examples.iter().map(|(_, t)| t.as_str()).collect();
+        let vectors = if texts.is_empty() {
+            Vec::new()
+        } else {
+            self.embedder.embed_examples(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
+        };
+        let vectors: Vec<(usize, Vec<f32>)> = self.examples.iter().map(|(r, _)| *r).zip(vectors).collect();
+        let scorer = Scorer::build(self.scoring, vectors, self.routes, self.embedder.dim())?;
+        Ok(self.scorer.get_or_init(|| scorer))
+    }
 }
 
 /// What the configured `scoring` keeps from the example vectors.
@@ -169,22 +192,24 @@ impl Router {
             if config.keyword.enabled { Some(Rules::new(&config.routes, config.keyword.threshold)?) } else { None };
         let examples = match (config.embedding.enabled, embedder) {
             (true, Some(embedder)) => {
-                let mut texts = Vec::new();
-                let mut owners = Vec::new();
-                for (route, r) in config.routes.iter().enumerate() {
-                    for example in &r.examples {
-                        texts.push(example.as_str());
-                        owners.push(route);
-                    }
-                }
-                let vectors = if texts.is_empty() {
-                    Vec::new()
-                } else {
-                    embedder.embed_examples(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
+                let examples = config
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(route, r)| r.examples.iter().map(move |e| (route, e.clone())))
+                    .collect();
+                let remote = embedder.remote();
+                let index = ExampleIndex {
+                    embedder,
+                    scorer: std::sync::OnceLock::new(),
+                    examples,
+                    scoring: config.embedding.scoring,
+                    routes: names.len(),
                 };
-                let vectors: Vec<(usize, Vec<f32>)> = owners.into_iter().zip(vectors).collect();
-                let scorer = Scorer::build(config.embedding.scoring, vectors, names.len(), embedder.dim())?;
-                Some(ExampleIndex { embedder, scorer })
+                if !remote {
+                    index.scorer()?;
+                }
+                Some(index)
             }
             _ => None,
         };
@@ -260,6 +285,13 @@ impl Router {
     pub fn embedding_tier(&self, decision: &mut Decision) {
         let Some(index) = self.examples.as_ref().filter(|_| !decision.decided()) else { return };
         let started = Instant::now();
+        let scorer = match index.scorer() {
+            Ok(scorer) => scorer,
+            Err(e) => {
+                decision.embedding = TierTrace { ran: true, note: Some(e), ..TierTrace::default() };
+                return;
+            }
+        };
         let query = match index.embedder.embed(&[decision.instruction.as_str()]) {
             Ok(mut v) if !v.is_empty() => v.swap_remove(0),
             Ok(_) => return,
@@ -268,7 +300,7 @@ impl Router {
                 return;
             }
         };
-        let best = index.scorer.scores(&query, self.names.len());
+        let best = scorer.scores(&query, self.names.len());
         let mut scores: Vec<(usize, f64)> = best.into_iter().enumerate().filter(|(_, s)| *s > f64::MIN).collect();
         scores.sort_by(|a, b| b.1.total_cmp(&a.1));
         let cfg = &self.config.embedding;

@@ -237,3 +237,84 @@ router:
     let second = scores[1][1].as_f64().unwrap();
     assert!(top >= 0.4 && top - second >= 0.1 && top <= 1.0, "probabilities with a margin: {trace}");
 }
+
+/// Tier 2 with an embeddings model from the config (`embedding.model: <model>`), called through
+/// its provider over HTTP: the examples are embedded on first use in one batch, a prompt close to
+/// an example is routed by the embedding tier, one far from all abstains to the default, and an
+/// upstream failure leaves the tier abstaining with the reason (the request still served) until a
+/// later request builds the index.
+#[tokio::test]
+async fn a_configured_embeddings_model_can_serve_the_embedding_tier() {
+    llm_gateway::install_tls_provider();
+    let upstream = llm_gateway::testkit::MockUpstream::start().await.unwrap();
+    let yaml = format!(
+        r#"
+providers:
+  local: {{ kind: mock }}
+  vectors: {{ kind: openai_compatible, base_url: "{}" }}
+models:
+  coder: {{ deployments: [ {{ provider: local, model: coder }} ] }}
+  talker: {{ deployments: [ {{ provider: local, model: talker }} ] }}
+  embedder: {{ deployments: [ {{ provider: vectors, model: text-embedding-3-small }} ] }}
+router:
+  default: chitchat
+  keyword: {{ enabled: false }}
+  embedding: {{ model: embedder, scoring: nearest, min_score: 0.9, margin: 0.05 }}
+  routes:
+    - name: code
+      model: coder
+      description: "Write or fix program code"
+      examples: [ "write a function that parses a date", "fix this bug in my script" ]
+    - name: chitchat
+      model: talker
+      description: "Small talk"
+      examples: [ "hi, how are you?", "good morning!" ]
+"#,
+        upstream.base_url()
+    );
+    let config = Config::parse("routing.yaml", &yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let server =
+        RunningServer::start(Gateway::new(config, None).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    assert!(upstream.requests().is_empty(), "loading the config calls no provider");
+    let http = reqwest::Client::new();
+    let ask = |prompt: &'static str| {
+        http.post(format!("{}/v1/chat/completions", server.url()))
+            .json(&json!({"model": "auto", "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+    };
+
+    upstream.push_fault(llm_gateway::testkit::Fault::status(503));
+    let response = ask("write a function that parses a date").await.unwrap();
+    assert_eq!(response.status(), 200, "an embeddings outage does not fail the request");
+    assert_eq!(response.headers()["x-gateway-route"], "chitchat");
+    assert_eq!(response.headers()["x-gateway-route-tier"], "default");
+
+    let response = ask("write a function that parses a date").await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-gateway-route"], "code");
+    assert_eq!(response.headers()["x-gateway-route-tier"], "embedding");
+    assert_eq!(response.headers()["x-gateway-model"], "coder");
+    let calls = upstream.requests();
+    assert!(calls.iter().all(|c| c.path == "/v1/embeddings"), "only embeddings calls upstream");
+    let examples = &calls[1].body;
+    assert_eq!(examples["model"], "text-embedding-3-small");
+    assert_eq!(examples["input"].as_array().unwrap().len(), 4, "the examples in one batch: {examples}");
+
+    // The mock's vectors are unrelated for different texts: nothing clears the 0.9 threshold.
+    let trace: Value = http
+        .post(format!("{}/v1/route/explain", server.url()))
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "what is the capital of Peru"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(trace["route"], "chitchat", "{trace}");
+    assert_eq!(trace["tier"], "default", "{trace}");
+    assert_eq!(trace["embedding"]["ran"], true, "{trace}");
+    let inputs: Vec<String> = upstream.requests().iter().map(|c| c.body["input"].to_string()).collect();
+    // The failed batch, the examples, the Peru prompt: the prompt equal to an example came from
+    // the memo.
+    assert_eq!(inputs.len(), 3, "examples are embedded once; each new prompt once: {inputs:?}");
+}

@@ -108,8 +108,10 @@ pub struct KeywordTier {
 #[derive(Debug, Clone)]
 pub struct EmbeddingTier {
     pub enabled: bool,
-    /// A local model name (`builtin` already resolved).
+    /// A local model name (`builtin` already resolved), or with `remote` a model from `models:`.
     pub model: String,
+    /// `model` is a configured embeddings model called through its provider, not a local one.
+    pub remote: bool,
     pub model_dir: PathBuf,
     pub scoring: Scoring,
     pub max_tokens: usize,
@@ -222,11 +224,15 @@ pub(crate) fn validate(
         None | Some("builtin") => LOCAL_EMBEDDING_MODELS[0].to_string(),
         Some(name) => name.to_string(),
     };
-    if !LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str()) {
+    let remote = !LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str()) && model_exists(&embedding_model);
+    if !LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str()) && !remote {
         problems.push(
             "router.embedding.model",
-            format!("unknown local embedding model {embedding_model:?}"),
-            format!("use builtin or one of {}", LOCAL_EMBEDDING_MODELS.join(", ")),
+            format!("{embedding_model:?} is neither a local embedding model nor a model in `models:`"),
+            format!(
+                "use builtin, one of {}, or the name of an embeddings model from `models:`",
+                LOCAL_EMBEDDING_MODELS.join(", ")
+            ),
         );
     }
     let scoring = match embedding.scoring.as_deref() {
@@ -264,6 +270,7 @@ pub(crate) fn validate(
             enabled: embedding.enabled.unwrap_or(true),
             model_dir: PathBuf::from(embedding.model_dir.unwrap_or_else(|| format!("models/{embedding_model}"))),
             model: embedding_model,
+            remote,
             scoring,
             max_tokens: embedding.max_tokens.unwrap_or(48),
             min_score: embedding.min_score.unwrap_or(default_min),

@@ -24,6 +24,7 @@ mod cache;
 mod e5;
 mod encoder;
 mod int8;
+mod remote;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -70,6 +71,11 @@ pub trait Embedder: Send + Sync {
     fn embed_examples(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.embed(texts)
     }
+    /// Calls a provider over the network (so the router embeds its examples on first use, not
+    /// while the config loads, and `check` contacts no one).
+    fn remote(&self) -> bool {
+        false
+    }
 }
 
 /// Why an embedder could not be built or could not embed. Every message says what to do next.
@@ -88,6 +94,8 @@ pub enum EmbedError {
         #[source]
         source: std::io::Error,
     },
+    #[error("embeddings model {model}: {message}")]
+    Remote { model: String, message: String },
     #[error("max_tokens must be between 3 and {limit} for this model, got {got}")]
     MaxTokens { got: usize, limit: usize },
     #[error("{}: not a static embedding table: {problem} — rebuild it with `distill_to`", path.display())]
@@ -332,6 +340,12 @@ pub const ROUTER_MAX_TOKENS: usize = 64;
 
 /// Loads one of the router's local models (`multilingual-e5-small` or `all-MiniLM-L6-v2`) from `dir`.
 /// Each text is cut to `max_tokens` tokens.
+/// A configured embeddings model as the router's embedder, memoized in memory (examples are not
+/// re-sent while the config stays; prompts repeat often).
+pub fn remote_embedder(model: std::sync::Arc<crate::engine::Model>) -> std::sync::Arc<dyn Embedder> {
+    std::sync::Arc::new(cache::Memoized::new(std::sync::Arc::new(remote::RemoteEmbedder::new(model)), None))
+}
+
 pub fn load_local(model: &str, dir: &Path, max_tokens: usize) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
     let inner: std::sync::Arc<dyn Embedder> = match model {
         E5_NAME => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),

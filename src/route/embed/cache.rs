@@ -111,6 +111,10 @@ impl Embedder for Memoized {
         self.inner.dim()
     }
 
+    fn remote(&self) -> bool {
+        self.inner.remote()
+    }
+
     fn embed_examples(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let keys: Vec<u64> = texts.iter().map(|t| self.key(t)).collect();
         let stored = {
