@@ -26,6 +26,7 @@ const QUERY_PREFIX: &str = "query: ";
 /// holds weight `j` in its low half and weight `j + 16` in its high half), each weight `nibble - 8`.
 const QK: usize = 32;
 const Q4_BLOCK_BYTES: usize = 18;
+type FastHash = foldhash::fast::FixedState;
 /// SentencePiece's word-start marker.
 const METASPACE: char = '\u{2581}';
 
@@ -250,12 +251,14 @@ impl Embedder for E5Small {
 /// a word-start marker before the text and for every space, then the most probable segmentation
 /// (Viterbi over piece log-probabilities); characters no piece covers become `<unk>`.
 struct Unigram {
-    pieces: HashMap<Box<[u8]>, u32>,
+    /// Looked up for every substring the segmentation tries: a fast non-cryptographic hash (the
+    /// keys are the model's vocabulary, not attacker-chosen).
+    pieces: HashMap<Box<[u8]>, u32, FastHash>,
     scores: Vec<f32>,
     /// The score of an unknown single character: below every piece.
     unk_score: f32,
     max_piece_bytes: usize,
-    normalize: HashMap<char, Box<str>>,
+    normalize: HashMap<char, Box<str>, FastHash>,
     bos: u32,
     eos: u32,
     unk: u32,
@@ -270,7 +273,7 @@ impl Unigram {
         let offsets: Vec<usize> = (0..=count).map(|_| r.u32().map(|v| v as usize)).collect::<Result<_, _>>()?;
         let scores: Vec<f32> = (0..count).map(|_| r.f32()).collect::<Result<_, _>>()?;
         let blob = r.take(blob_len)?;
-        let mut pieces = HashMap::with_capacity(count);
+        let mut pieces = HashMap::with_capacity_and_hasher(count, FastHash::default());
         let mut max_piece_bytes = 1;
         for (id, pair) in offsets.windows(2).enumerate() {
             let piece = blob.get(pair[0]..pair[1]).ok_or("vocabulary offsets out of range")?;
@@ -287,7 +290,7 @@ impl Unigram {
         let entries = r.usize()?;
         let map_len = r.u32()? as usize;
         let mut m = Reader { bytes: r.take(map_len)?, at: 0 };
-        let mut normalize = HashMap::with_capacity(entries);
+        let mut normalize = HashMap::with_capacity_and_hasher(entries, FastHash::default());
         for _ in 0..entries {
             let from = m.u32()?;
             let outs = usize::from(m.take(1)?[0]);
