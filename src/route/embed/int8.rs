@@ -134,7 +134,7 @@ impl QuantLinear {
     pub fn forward(&self, x: &QuantRows, sums: &mut Vec<i32>, out: &mut Vec<f32>) {
         debug_assert_eq!(x.width, self.inputs);
         let rows = x.rows();
-        sums.clear();
+        // Every element is written below: resizing without clearing avoids re-zeroing them.
         sums.resize(rows * self.outputs, 0);
         product(&x.values, rows, self.inputs, &self.packed, self.outputs, sums);
         out.resize(rows * self.outputs, 0.0);
