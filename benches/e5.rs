@@ -3,29 +3,23 @@
 //!
 //! Run: `scripts/fetch-model.sh && cargo bench --bench e5`. Prints a table; writes nothing.
 
+mod common;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use llm_gateway::route::embed::{E5_NAME, E5Small, EmbedError, Embedder, int8_kernel};
 
 fn main() {
-    // `cargo bench` passes --bench; anything else (e.g. `cargo test --all-targets`) only checks it builds.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("e5: run with `cargo bench --bench e5`");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("e5 bench: {e}");
-        std::process::exit(1);
-    }
+    common::main_with("e5", run);
 }
 
 fn run() -> Result<(), EmbedError> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(E5_NAME);
-    println!("load average at start: {}", loadavg());
+    println!("load average at start: {}", common::loadavg());
     let started = Instant::now();
     let model = E5Small::load(&dir, 512)?;
-    let loaded = rss_kib();
+    let loaded = common::rss_kib();
     drop(model);
     println!(
         "load: {:.0} ms; VmRSS {} MiB; int8 kernel: {}",
@@ -53,19 +47,6 @@ fn run() -> Result<(), EmbedError> {
         let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e3;
         println!("| {tokens} | {n} | {:.2} ms | {:.2} ms |", pct(0.5), pct(0.99));
     }
-    println!("load average after: {}", loadavg());
+    println!("load average after: {}", common::loadavg());
     Ok(())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
-}
-
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }

@@ -7,6 +7,8 @@
 //! candle's element-wise ops on one core too; see `src/route/embed.rs`). Prints a table; writes nothing
 //! but the distilled table under `target/embed-bench/`.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -18,30 +20,22 @@ use llm_gateway::route::embed::{
 const SHORT: &str = "How do I reverse a linked list in Rust?";
 
 fn main() {
-    // `cargo bench` passes --bench; anything else (e.g. `cargo test --all-targets`) only checks it builds.
-    if !std::env::args().any(|a| a == "--bench") {
-        eprintln!("embed: run with `cargo bench --bench embed`");
-        return;
-    }
-    if let Err(e) = run() {
-        eprintln!("embed bench: {e}");
-        std::process::exit(1);
-    }
+    common::main_with("embed", run);
 }
 
 fn run() -> Result<(), EmbedError> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = root.join(DEFAULT_MODEL_DIR);
-    println!("load average at start: {} (other work on the machine skews the latencies)", loadavg());
+    println!("load average at start: {} (other work on the machine skews the latencies)", common::loadavg());
     println!(
         "candle element-wise threads: {} (MiniLM calls run gemm/softmax on 1 thread)",
         candle_elementwise_threads()
     );
-    let rss_before = rss_kib();
+    let rss_before = common::rss_kib();
     let started = Instant::now();
     let minilm = MiniLm::load(&dir)?;
     let load = started.elapsed();
-    let rss_model = rss_kib();
+    let rss_model = common::rss_kib();
     println!("MiniLM load: {:.0} ms; VmRSS {} MiB before, {} MiB after", ms(load), rss_before / 1024, rss_model / 1024);
 
     let long = "The gateway forwards each request to the provider that serves the model, retries on errors, \
@@ -69,10 +63,10 @@ fn run() -> Result<(), EmbedError> {
         stats.bytes as f64 / 1048576.0,
         out.display(),
         ms(table_load),
-        rss_kib() / 1024,
+        common::rss_kib() / 1024,
     );
 
-    println!("load average after the latency runs: {}", loadavg());
+    println!("load average after the latency runs: {}", common::loadavg());
     let (tune, test) =
         (read_set(&root.join("datasets/router/tune.jsonl")), read_set(&root.join("datasets/router/test.jsonl")));
     if tune.is_empty() || test.is_empty() {
@@ -166,21 +160,6 @@ fn accuracy(
     }
     let pct = |n: usize| 100.0 * n as f64 / test.len().max(1) as f64;
     Ok((pct(by_centroid), pct(by_neighbour)))
-}
-
-/// The 1, 5 and 15-minute load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
-}
-
-/// VmRSS of this process in KiB (0 when /proc is unavailable).
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> f64 {

@@ -76,6 +76,18 @@ impl Rig {
     }
 }
 
+/// `POST /v1/route/explain` for one user message: the decision trace.
+async fn explain(http: &reqwest::Client, server: &RunningServer, content: &str) -> Value {
+    let response = http
+        .post(format!("{}/v1/route/explain", server.url()))
+        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": content}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
 fn classifier_says(content: &str) -> Replay {
     let body = json!({"id": "c1", "object": "chat.completion", "created": 1, "model": "tiny-judge",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
@@ -150,14 +162,7 @@ async fn explain_shows_the_trace_without_calling_any_model() {
     assert_eq!(trace["tier"], "keyword");
     assert_eq!(trace["keyword"]["scores"][0], json!(["sql", 3.0]));
     assert!(trace["keyword"]["micros"].as_u64().is_some());
-    let response = r
-        .http
-        .post(format!("{}/v1/route/explain", r.server.url()))
-        .json(&json!({"messages": [{"role": "user", "content": "no keyword at all here"}]}))
-        .send()
-        .await
-        .unwrap();
-    let trace: Value = response.json().await.unwrap();
+    let trace = explain(&r.http, &r.server, "no keyword at all here").await;
     assert_eq!(trace["tier"], "default");
     assert!(trace["classifier"]["note"].as_str().unwrap().contains("not run"));
     assert!(r.classifier.requests().is_empty());
@@ -222,15 +227,7 @@ router:
         assert_eq!(response.headers()["x-gateway-route-tier"], "embedding", "{prompt}");
         assert_eq!(response.headers()["x-gateway-model"], model, "{prompt}");
     }
-    let trace: Value = http
-        .post(format!("{}/v1/route/explain", server.url()))
-        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "Schreib eine Funktion, die Primzahlen findet"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trace = explain(&http, &server, "Schreib eine Funktion, die Primzahlen findet").await;
     assert_eq!(trace["route"], "code", "{trace}");
     let scores = trace["embedding"]["scores"].as_array().unwrap();
     let top = scores[0][1].as_f64().unwrap();
@@ -301,15 +298,7 @@ router:
     assert_eq!(examples["input"].as_array().unwrap().len(), 4, "the examples in one batch: {examples}");
 
     // The mock's vectors are unrelated for different texts: nothing clears the 0.9 threshold.
-    let trace: Value = http
-        .post(format!("{}/v1/route/explain", server.url()))
-        .json(&json!({"model": "auto", "messages": [{"role": "user", "content": "what is the capital of Peru"}]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let trace = explain(&http, &server, "what is the capital of Peru").await;
     assert_eq!(trace["route"], "chitchat", "{trace}");
     assert_eq!(trace["tier"], "default", "{trace}");
     assert_eq!(trace["embedding"]["ran"], true, "{trace}");
