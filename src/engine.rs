@@ -114,10 +114,17 @@ impl Snapshot {
         let router = match &config.router {
             None => None,
             Some(rc) => {
-                let embedder = match (&rc.embedding, models.get(&rc.embedding.model)) {
-                    (tier, _) if !tier.enabled => None,
-                    (tier, Some(model)) if tier.remote => Some(crate::route::embed::remote_embedder(model.clone())),
-                    (tier, _) => Some(shared.embedder(&tier.model, &tier.model_dir, tier.max_tokens)?),
+                let tier = &rc.embedding;
+                let embedder = if !tier.enabled {
+                    None
+                } else if tier.remote {
+                    // Validation made sure the model exists.
+                    let model = models.get(&tier.model).ok_or_else(|| {
+                        GatewayError::internal(format!("router.embedding.model {:?} is not in models:", tier.model))
+                    })?;
+                    Some(crate::route::embed::remote_embedder(model.clone()))
+                } else {
+                    Some(shared.embedder(&tier.model, &tier.model_dir, tier.max_tokens)?)
                 };
                 let price = |name: &str| {
                     models

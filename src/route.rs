@@ -46,6 +46,8 @@ struct ExampleIndex {
     /// Built from the examples at config load, or on first use for a remote embedder (a failed
     /// build is retried by the next request; meanwhile the tier abstains with the reason).
     scorer: std::sync::OnceLock<Scorer>,
+    /// Held while building, so concurrent first requests embed the examples once, not each.
+    building: Mutex<()>,
     /// (route, example utterance).
     examples: Vec<(usize, String)>,
     scoring: Scoring,
@@ -54,6 +56,10 @@ struct ExampleIndex {
 
 impl ExampleIndex {
     fn scorer(&self) -> Result<&Scorer, String> {
+        if let Some(scorer) = self.scorer.get() {
+            return Ok(scorer);
+        }
+        let _building = self.building.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(scorer) = self.scorer.get() {
             return Ok(scorer);
         }
@@ -202,6 +208,7 @@ impl Router {
                 let index = ExampleIndex {
                     embedder,
                     scorer: std::sync::OnceLock::new(),
+                    building: Mutex::new(()),
                     examples,
                     scoring: config.embedding.scoring,
                     routes: names.len(),

@@ -153,7 +153,7 @@ impl E5Small {
                 output_norm: norm(&at("oln"))?,
             });
         }
-        let encoder = Encoder { layers: encoder_layers, heads, hidden, eps };
+        let encoder = Encoder::new(encoder_layers, heads, hidden, eps)?;
         tensor("emb.word", 1, vocab * hidden)?;
         let word_at = directory.get("emb.word").map_or(0, |entry| entry.3);
         let mut token_type = f32s("emb.type", type_vocab * hidden)?;

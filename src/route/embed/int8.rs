@@ -165,7 +165,7 @@ impl QuantLinear {
 pub enum Kernel {
     /// AVX-512 VNNI: `vpdpbusd` on 64 outputs × up to 6 tokens at a time.
     Vnni512,
-    /// The portable loop compiled for AVX2.
+    /// The portable loop compiled for AVX2 (and FMA, which the encoder's pass enables with it).
     Avx2,
     /// The portable loop for the baseline target.
     Portable,
@@ -174,15 +174,15 @@ pub enum Kernel {
 pub fn kernel() -> Kernel {
     static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| {
+        // Every feature the matching target-feature functions enable (here and in `encoder.rs`).
         #[cfg(target_arch = "x86_64")]
         {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-            {
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
                 return Kernel::Vnni512;
             }
-            if std::arch::is_x86_feature_detected!("avx2") {
+            if avx2 {
                 return Kernel::Avx2;
             }
         }
