@@ -46,7 +46,7 @@ impl Encoder {
             // SAFETY: `kernel()` reports these only when the CPU has the features the functions enable.
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
-            Kernel::Vnni512 => unsafe { self.forward_avx512(x) },
+            Kernel::Vnni512 | Kernel::Amx => unsafe { self.forward_avx512(x) },
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
             Kernel::Avx2 => unsafe { self.forward_avx2(x) },

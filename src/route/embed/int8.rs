@@ -6,11 +6,15 @@
 //! every call. AVX-512 VNNI does 64 u8×i8 multiply-adds per instruction on weights packed once, in
 //! the layout the instruction reads; the same packed weights feed a portable kernel on CPUs without
 //! it, and both give bit-identical i32 sums (integer arithmetic), so results do not depend on the CPU.
+//! On CPUs with AMX (Intel Sapphire Rapids and later) the same packed weights feed the tile unit,
+//! which multiplies 16 tokens × 16 outputs × 64 inputs per instruction.
 
 /// Outputs per packed group: four 512-bit registers of 16 i32 sums.
 const GROUP: usize = 64;
 /// Inputs per step: VNNI multiplies groups of 4 adjacent u8×i8 pairs into one i32 lane.
 const STEP: usize = 4;
+/// Tokens per AMX tile.
+const TILE_ROWS: usize = 16;
 /// Zero point of the unsigned activations: `x ≈ scale × (q - 128)` (see `to_unsigned`).
 const ZERO: i32 = 128;
 
@@ -30,7 +34,9 @@ pub struct QuantLinear {
     pub(crate) exact: Vec<f32>,
 }
 
-/// Rows of activations quantized to u8, one scale per row (token).
+/// Rows of activations quantized to u8, one scale per row (token). The values are padded to a
+/// whole number of AMX tiles (16 rows) so the tile loads never read past the buffer; the padding
+/// rows' sums are computed and dropped.
 #[derive(Default)]
 pub struct QuantRows {
     values: Vec<u8>,
@@ -43,7 +49,7 @@ impl QuantRows {
     #[inline(always)]
     pub fn quantize(&mut self, rows: &[f32], width: usize) {
         self.width = width;
-        self.values.resize(rows.len(), 0);
+        self.values.resize((rows.len() / width.max(1)).next_multiple_of(TILE_ROWS) * width, 0);
         self.scale.clear();
         for (row, out) in rows.chunks_exact(width).zip(self.values.chunks_exact_mut(width)) {
             let peak = peak_magnitude(row);
@@ -161,8 +167,11 @@ impl QuantLinear {
 }
 
 /// Which product kernel this CPU runs, decided once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kernel {
+    /// AMX tiles (`tdpbusd`) for products whose inputs are a multiple of 64, AVX-512 VNNI for the
+    /// rest and for everything else in the pass.
+    Amx,
     /// AVX-512 VNNI: `vpdpbusd` on 64 outputs × up to 6 tokens at a time.
     Vnni512,
     /// The portable loop compiled for AVX2 (and FMA, which the encoder's pass enables with it).
@@ -171,37 +180,71 @@ pub enum Kernel {
     Portable,
 }
 
+/// Names for `LLM_GATEWAY_EMBED_KERNEL`, which can cap the kernel below what the CPU offers (to
+/// compare them, or to rule one out); it never selects one the CPU lacks.
+const KERNEL_NAMES: [(&str, Kernel); 4] =
+    [("amx", Kernel::Amx), ("avx512", Kernel::Vnni512), ("avx2", Kernel::Avx2), ("portable", Kernel::Portable)];
+
 pub fn kernel() -> Kernel {
     static KERNEL: std::sync::OnceLock<Kernel> = std::sync::OnceLock::new();
     *KERNEL.get_or_init(|| {
-        // Every feature the matching target-feature functions enable (here and in `encoder.rs`).
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::is_x86_feature_detected as has;
-            let avx2 = has!("avx2") && has!("fma");
-            if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
-                return Kernel::Vnni512;
-            }
-            if avx2 {
-                return Kernel::Avx2;
+        let detected = detect_kernel();
+        let Ok(cap) = std::env::var("LLM_GATEWAY_EMBED_KERNEL") else {
+            return detected;
+        };
+        match KERNEL_NAMES.iter().find(|(name, _)| *name == cap.trim()) {
+            // The enum lists kernels from the most to the least capable.
+            Some(&(_, wanted)) => wanted.max(detected),
+            None => {
+                tracing::warn!(value = %cap, "LLM_GATEWAY_EMBED_KERNEL must be amx, avx512, avx2 or portable; ignored");
+                detected
             }
         }
-        Kernel::Portable
     })
 }
 
-/// `sums[t][o] = Σ_i x[t][i] · w[o][i]` (u8 × i8, exact) for `x` (`rows × inputs`) and packed `w`.
+fn detect_kernel() -> Kernel {
+    // Every feature the matching target-feature functions enable (here and in `encoder.rs`).
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::is_x86_feature_detected as has;
+        let avx2 = has!("avx2") && has!("fma");
+        if avx2 && has!("avx512f") && has!("avx512bw") && has!("avx512vnni") {
+            #[cfg(target_os = "linux")]
+            if amx::enable() {
+                return Kernel::Amx;
+            }
+            return Kernel::Vnni512;
+        }
+        if avx2 {
+            return Kernel::Avx2;
+        }
+    }
+    Kernel::Portable
+}
+
+/// `sums[t][o] = Σ_i x[t][i] · w[o][i]` (u8 × i8, exact) for `x` (`rows × inputs`, padded to a
+/// multiple of 16 rows) and packed `w`.
 fn product(x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums: &mut [i32]) {
     product_with(kernel(), x, rows, inputs, w, outputs, sums);
 }
 
 fn product_with(kernel: Kernel, x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums: &mut [i32]) {
-    assert!(x.len() == rows * inputs && w.len() == inputs * outputs && sums.len() == rows * outputs);
+    assert!(x.len() >= rows * inputs && w.len() == inputs * outputs && sums.len() == rows * outputs);
+    let padded = x.len() >= rows.next_multiple_of(TILE_ROWS) * inputs;
+    let (padded_x, x) = (x, &x[..rows * inputs]);
     match kernel {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        // SAFETY: `kernel()` chose AMX only after the CPU check and Linux granted the tile state;
+        // the tile loads read 16 rows, which the padding (checked here) provides.
+        #[allow(unsafe_code)]
+        Kernel::Amx if padded && inputs.is_multiple_of(amx::DEPTH) => unsafe {
+            amx::product(padded_x, rows, inputs, w, outputs, sums)
+        },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel()` chose these only after detecting the CPU features the functions enable.
         #[allow(unsafe_code)]
-        Kernel::Vnni512 => unsafe { vnni::product(x, rows, inputs, w, outputs, sums) },
+        Kernel::Vnni512 | Kernel::Amx => unsafe { vnni::product(x, rows, inputs, w, outputs, sums) },
         #[cfg(target_arch = "x86_64")]
         #[allow(unsafe_code)]
         Kernel::Avx2 => unsafe { portable_avx2(x, rows, inputs, w, outputs, sums) },
@@ -230,6 +273,113 @@ fn portable(x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums
             }
             sums[row * outputs + group * GROUP..][..GROUP].copy_from_slice(&acc);
         }
+    }
+}
+
+/// The AMX tile unit through inline assembly (the intrinsics are not stable Rust yet). Tile
+/// registers are invisible to the compiler, so they keep their values between `asm!` blocks; the
+/// functions below configure, use and release them without calling anything in between.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[allow(unsafe_code)]
+mod amx {
+    use std::arch::asm;
+
+    use super::{GROUP, STEP, TILE_ROWS};
+
+    /// Inputs per tile multiply: a tile row holds 64 bytes.
+    pub(super) const DEPTH: usize = 64;
+    /// Bytes between consecutive input steps in the packed weights (64 outputs × 4 inputs).
+    const WEIGHT_STRIDE: usize = GROUP * STEP;
+
+    /// Whether the CPU has AMX-INT8 and Linux lets this process use the tile state (it must be
+    /// requested once per process; without it the first tile instruction faults).
+    pub(super) fn enable() -> bool {
+        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+        const XFEATURE_XTILEDATA: libc::c_long = 18;
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
+        let (tile, int8) = (leaf7.edx >> 24 & 1 == 1, leaf7.edx >> 25 & 1 == 1);
+        // SAFETY: arch_prctl with this request only changes the process's permitted xsave
+        // features; it reads and writes no memory of ours.
+        tile && int8 && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
+    }
+
+    /// Palette 1, all eight tiles 16 rows × 64 bytes.
+    fn config() -> [u8; 64] {
+        let mut config = [0u8; 64];
+        config[0] = 1;
+        for tile in 0..8 {
+            config[16 + 2 * tile] = 64;
+            config[48 + tile] = TILE_ROWS as u8;
+        }
+        config
+    }
+
+    /// Tiles 0–3 accumulate 16 tokens × 64 outputs (16 each), tile 4 holds 16 tokens × 64 inputs,
+    /// tiles 5–7 take turns holding 64 inputs × 16 outputs of weights.
+    ///
+    /// # Safety
+    /// The CPU has AMX-INT8 and `enable()` succeeded; `x` holds `rows` rounded up to 16 rows of
+    /// `inputs` bytes; `inputs` is a multiple of 64; `w` is `QuantLinear::packed` for `inputs` ×
+    /// `outputs`; `sums` holds `rows × outputs`.
+    pub(super) unsafe fn product(x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums: &mut [i32]) {
+        assert!(
+            x.len() >= rows.next_multiple_of(TILE_ROWS) * inputs
+                && inputs.is_multiple_of(DEPTH)
+                && w.len() == inputs * outputs
+                && sums.len() == rows * outputs
+        );
+        let config = config();
+        let mut block = [[0i32; GROUP]; TILE_ROWS];
+        // SAFETY (all blocks below): every tile load reads 16 rows of 64 bytes at the given stride
+        // inside `x` or `w` (bounds asserted above: rows are padded, inputs are whole steps), and
+        // the stores write 16 rows of 64 bytes into `block` (16 × 256 bytes).
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
+        for (group, weights) in w.chunks_exact(GROUP * inputs).enumerate() {
+            for first in (0..rows).step_by(TILE_ROWS) {
+                let tokens = x[first * inputs..].as_ptr();
+                unsafe {
+                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                }
+                for depth in 0..inputs / DEPTH {
+                    let a = tokens.wrapping_add(depth * DEPTH);
+                    let b = weights[depth * (DEPTH / STEP) * WEIGHT_STRIDE..].as_ptr();
+                    unsafe {
+                        asm!(
+                            "tileloadd tmm4, [{a} + {a_stride} * 1]",
+                            "tileloadd tmm5, [{b} + {b_stride} * 1]",
+                            "tdpbusd tmm0, tmm4, tmm5",
+                            "tileloadd tmm6, [{b} + {b_stride} * 1 + 64]",
+                            "tdpbusd tmm1, tmm4, tmm6",
+                            "tileloadd tmm7, [{b} + {b_stride} * 1 + 128]",
+                            "tdpbusd tmm2, tmm4, tmm7",
+                            "tileloadd tmm5, [{b} + {b_stride} * 1 + 192]",
+                            "tdpbusd tmm3, tmm4, tmm5",
+                            a = in(reg) a,
+                            a_stride = in(reg) inputs,
+                            b = in(reg) b,
+                            b_stride = in(reg) WEIGHT_STRIDE,
+                            options(nostack, readonly),
+                        );
+                    }
+                }
+                let out = block.as_mut_ptr().cast::<i32>();
+                unsafe {
+                    asm!(
+                        "tilestored [{o} + {stride} * 1], tmm0",
+                        "tilestored [{o} + {stride} * 1 + 64], tmm1",
+                        "tilestored [{o} + {stride} * 1 + 128], tmm2",
+                        "tilestored [{o} + {stride} * 1 + 192], tmm3",
+                        o = in(reg) out,
+                        stride = in(reg) GROUP * 4,
+                        options(nostack),
+                    );
+                }
+                for (t, row) in block.iter().enumerate().take(rows - first) {
+                    sums[(first + t) * outputs + group * GROUP..][..GROUP].copy_from_slice(row);
+                }
+            }
+        }
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
 
@@ -304,8 +454,9 @@ mod tests {
     #[test]
     fn every_kernel_gives_the_exact_integer_sums() {
         let mut seed = 7;
-        for (rows, inputs, outputs) in [(1, 8, 64), (3, 384, 64), (7, 36, 192), (13, 384, 128), (17, 1536, 64)] {
-            let x: Vec<u8> = (0..rows * inputs).map(|_| random(&mut seed) as u8).collect();
+        let shapes = [(1, 8, 64), (3, 384, 64), (7, 36, 192), (13, 384, 128), (17, 1536, 64), (40, 128, 192)];
+        for (rows, inputs, outputs) in shapes {
+            let mut x: Vec<u8> = (0..rows * inputs).map(|_| random(&mut seed) as u8).collect();
             let w: Vec<f32> = (0..outputs * inputs).map(|_| (random(&mut seed) % 255) as f32 - 127.0).collect();
             // Integer weights with peak 127 quantize to themselves (scale 1).
             let mut w = w;
@@ -320,10 +471,15 @@ mod tests {
                         (0..inputs).map(|i| i32::from(x[t * inputs + i]) * w[o * inputs + i] as i32).sum();
                 }
             }
-            for kernel in [Kernel::Portable, kernel()] {
+            // Padding rows (as `QuantRows` keeps them) hold bytes whose sums must not leak out.
+            x.resize(rows.next_multiple_of(TILE_ROWS) * inputs, 0xA5);
+            for candidate in [Kernel::Portable, Kernel::Avx2, Kernel::Vnni512, Kernel::Amx] {
+                if candidate < kernel() {
+                    continue; // this CPU lacks it
+                }
                 let mut sums = vec![0; rows * outputs];
-                product_with(kernel, &x, rows, inputs, &linear.packed, outputs, &mut sums);
-                assert_eq!(sums, expected, "{kernel:?} {rows}×{inputs}×{outputs}");
+                product_with(candidate, &x, rows, inputs, &linear.packed, outputs, &mut sums);
+                assert_eq!(sums, expected, "{candidate:?} {rows}×{inputs}×{outputs}");
             }
         }
     }
