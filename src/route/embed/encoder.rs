@@ -1,7 +1,8 @@
-//! A BERT encoder (post-LayerNorm, GELU, mean pooling) for one text at a time, with its matrix
-//! products in int8 (`int8.rs`) and the rest in f32. One text per call means no padding and no
-//! attention mask; the router embeds one prompt per request, and start-up spreads the examples over
-//! threads (`cache.rs`).
+//! A BERT encoder (post-LayerNorm, GELU, mean pooling) with its matrix products in int8
+//! (`int8.rs`) and the rest in f32. A pass takes one or several texts with their tokens laid end to
+//! end: the products (most of the work) run over all tokens at once, so each weight matrix is read
+//! once per pass, while attention runs per text, so there is no padding and no attention mask. The
+//! router embeds one prompt per request; start-up batches the examples (`e5.rs`).
 
 use super::int8::{Kernel, MAGIC, QuantLinear, QuantRows, kernel};
 
@@ -39,18 +40,35 @@ impl Encoder {
         Ok(Self { layers, heads, hidden, eps })
     }
 
-    /// Runs the layers over `x` (`tokens × hidden` embeddings, already normalised) and returns the
-    /// mean of the last layer's token vectors.
-    pub fn forward(&self, x: Vec<f32>) -> Vec<f32> {
+    /// Runs the layers over `x` (`tokens × hidden` embeddings, already normalised), the tokens of
+    /// texts of `lengths` tokens laid end to end, and returns for each text the mean of its last
+    /// layer's token vectors.
+    pub fn forward(&self, x: Vec<f32>, lengths: &[usize]) -> Vec<Vec<f32>> {
+        // Buffers are kept per thread between passes: fresh ones cost a page fault and a zeroed page
+        // every 4 KiB (~15 % of embedding the examples at start-up). The largest pass (16 example
+        // texts of at most `max_tokens`) keeps a few MiB on the threads that ran it.
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Scratch> = Default::default();
+        }
+        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+            Ok(mut scratch) => self.forward_in(x, lengths, &mut scratch),
+            // Not reentrant in practice; fresh buffers if it ever is.
+            Err(_) => self.forward_in(x, lengths, &mut Scratch::default()),
+        })
+    }
+
+    /// Dispatches to the pass compiled for this CPU (outside any closure: a closure is compiled
+    /// without the CPU features of the function around it).
+    fn forward_in(&self, x: Vec<f32>, lengths: &[usize], scratch: &mut Scratch) -> Vec<Vec<f32>> {
         match kernel() {
             // SAFETY: `kernel()` reports these only when the CPU has the features the functions enable.
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
-            Kernel::Vnni512 | Kernel::Amx => unsafe { self.forward_avx512(x) },
+            Kernel::Vnni512 | Kernel::Amx => unsafe { self.forward_avx512(x, lengths, scratch) },
             #[cfg(target_arch = "x86_64")]
             #[allow(unsafe_code)]
-            Kernel::Avx2 => unsafe { self.forward_avx2(x) },
-            _ => self.forward_int8(x),
+            Kernel::Avx2 => unsafe { self.forward_avx2(x, lengths, scratch) },
+            _ => self.forward_int8(x, lengths, scratch),
         }
     }
 
@@ -58,62 +76,81 @@ impl Encoder {
     // GELU and LayerNorm are a third of the time in baseline x86-64 (SSE2) code.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma")]
-    fn forward_avx512(&self, x: Vec<f32>) -> Vec<f32> {
-        self.forward_int8(x)
+    fn forward_avx512(&self, x: Vec<f32>, lengths: &[usize], scratch: &mut Scratch) -> Vec<Vec<f32>> {
+        self.forward_int8(x, lengths, scratch)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    fn forward_avx2(&self, x: Vec<f32>) -> Vec<f32> {
-        self.forward_int8(x)
+    fn forward_avx2(&self, x: Vec<f32>, lengths: &[usize], scratch: &mut Scratch) -> Vec<Vec<f32>> {
+        self.forward_int8(x, lengths, scratch)
     }
 
     #[inline(always)]
-    fn forward_int8(&self, x: Vec<f32>) -> Vec<f32> {
-        self.forward_with(x, &mut Int8Products::default())
+    fn forward_int8(&self, x: Vec<f32>, lengths: &[usize], scratch: &mut Scratch) -> Vec<Vec<f32>> {
+        let Scratch { buffers, products } = scratch;
+        self.forward_with(x, lengths, products, buffers)
     }
 
     /// The same pass with f32 products on the original weights (the tests' reference).
     #[cfg(test)]
-    pub fn forward_exact(&self, x: Vec<f32>) -> Vec<f32> {
-        self.forward_with(x, &mut ExactProducts)
+    pub fn forward_exact(&self, x: Vec<f32>, lengths: &[usize]) -> Vec<Vec<f32>> {
+        self.forward_with(x, lengths, &mut ExactProducts, &mut Buffers::default())
     }
 
     /// `products` computes `out = input Wᵀ + b` for each linear layer.
     #[inline(always)]
-    fn forward_with(&self, mut x: Vec<f32>, products: &mut impl Products) -> Vec<f32> {
+    fn forward_with(
+        &self,
+        mut x: Vec<f32>,
+        lengths: &[usize],
+        products: &mut impl Products,
+        buffers: &mut Buffers,
+    ) -> Vec<Vec<f32>> {
         let hidden = self.hidden;
-        let tokens = x.len() / hidden;
-        let (mut qkv, mut context, mut projected, mut intermediate) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut attention = Attention::default();
+        assert_eq!(lengths.iter().sum::<usize>() * hidden, x.len(), "token counts do not match the input");
+        let Buffers { qkv, context, projected, intermediate, attention } = buffers;
         for layer in &self.layers {
-            products.product(&layer.qkv, &x, &mut qkv);
-            self.attend(&qkv, tokens, &mut context, &mut attention);
-            products.product(&layer.attention_out, &context, &mut projected);
-            add_norm(&mut x, &projected, &layer.attention_norm, hidden, self.eps);
-            products.product(&layer.intermediate, &x, &mut intermediate);
+            products.product(&layer.qkv, &x, qkv);
+            // Every head writes its columns of every token.
+            context.resize(x.len(), 0.0);
+            let mut first = 0;
+            for &tokens in lengths {
+                let (rows, out) = (&qkv[first * 3 * hidden..], &mut context[first * hidden..]);
+                self.attend(&rows[..tokens * 3 * hidden], tokens, &mut out[..tokens * hidden], attention);
+                first += tokens;
+            }
+            products.product(&layer.attention_out, context, projected);
+            add_norm(&mut x, projected, &layer.attention_norm, hidden, self.eps);
+            products.product(&layer.intermediate, &x, intermediate);
             intermediate.iter_mut().for_each(|v| *v = gelu(*v));
-            products.product(&layer.output, &intermediate, &mut projected);
-            add_norm(&mut x, &projected, &layer.output_norm, hidden, self.eps);
+            products.product(&layer.output, intermediate, projected);
+            add_norm(&mut x, projected, &layer.output_norm, hidden, self.eps);
         }
-        let mut pooled = vec![0f32; hidden];
-        for token in x.chunks_exact(hidden) {
-            pooled.iter_mut().zip(token).for_each(|(p, v)| *p += v);
-        }
-        pooled.iter_mut().for_each(|p| *p /= tokens.max(1) as f32);
-        pooled
+        let mut first = 0;
+        lengths
+            .iter()
+            .map(|&tokens| {
+                let mut pooled = vec![0f32; hidden];
+                for token in x[first * hidden..(first + tokens) * hidden].chunks_exact(hidden) {
+                    pooled.iter_mut().zip(token).for_each(|(p, v)| *p += v);
+                }
+                pooled.iter_mut().for_each(|p| *p /= tokens.max(1) as f32);
+                first += tokens;
+                pooled
+            })
+            .collect()
     }
 
-    /// Scaled dot-product attention per head over `qkv` (`tokens × 3·hidden`) into `context`.
+    /// Scaled dot-product attention per head over one text's `qkv` (`tokens × 3·hidden`) into
+    /// its `context` (`tokens × hidden`).
     /// Per head, queries, transposed keys and values are copied out (padded with zeros), then
     /// scores and outputs are computed for 4 queries × 16 keys (or × 32 output values) at a time,
     /// so every key or value loaded feeds 4 independent accumulations held in registers.
     #[inline(always)]
-    fn attend(&self, qkv: &[f32], tokens: usize, context: &mut Vec<f32>, buffers: &mut Attention) {
+    fn attend(&self, qkv: &[f32], tokens: usize, context: &mut [f32], buffers: &mut Attention) {
         let hidden = self.hidden;
         let scale = 1.0 / (HEAD as f32).sqrt();
-        // Every head writes its columns of every row.
-        context.resize(tokens * hidden, 0.0);
         let (rows, columns) = (tokens.next_multiple_of(QUERIES), tokens.next_multiple_of(KEYS));
         let Attention { queries, keys, values, scores } = buffers;
         queries.clear();
@@ -235,6 +272,22 @@ impl Products for ExactProducts {
     fn product(&mut self, linear: &QuantLinear, input: &[f32], out: &mut Vec<f32>) {
         linear.forward_exact(input, out);
     }
+}
+
+#[derive(Default)]
+struct Scratch {
+    buffers: Buffers,
+    products: Int8Products,
+}
+
+/// A pass's intermediate results, reused from layer to layer (and pass to pass).
+#[derive(Default)]
+struct Buffers {
+    qkv: Vec<f32>,
+    context: Vec<f32>,
+    projected: Vec<f32>,
+    intermediate: Vec<f32>,
+    attention: Attention,
 }
 
 /// Buffers the attention step reuses from layer to layer.
