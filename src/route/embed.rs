@@ -46,7 +46,7 @@ pub fn int8_kernel() -> &'static str {
     match int8::kernel() {
         int8::Kernel::Amx => "AMX tiles (AVX-512 for the rest)",
         int8::Kernel::Vnni512 => "AVX-512 VNNI",
-        int8::Kernel::Avx2 => "AVX2 (portable loop)",
+        int8::Kernel::Avx2 => "AVX2 (vpmaddubsw)",
         int8::Kernel::Portable => "portable loop",
     }
 }
