@@ -224,8 +224,9 @@ pub(crate) fn validate(
         None | Some("builtin") => LOCAL_EMBEDDING_MODELS[0].to_string(),
         Some(name) => name.to_string(),
     };
-    let remote = !LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str()) && model_exists(&embedding_model);
-    if !LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str()) && !remote {
+    let local = LOCAL_EMBEDDING_MODELS.contains(&embedding_model.as_str());
+    let remote = !local && model_exists(&embedding_model);
+    if !local && !remote {
         problems.push(
             "router.embedding.model",
             format!("{embedding_model:?} is neither a local embedding model nor a model in `models:`"),

@@ -352,8 +352,9 @@ pub fn load_local(model: &str, dir: &Path, max_tokens: usize) -> Result<std::syn
         E5_NAME => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),
         _ => std::sync::Arc::new(MiniLm::load_with(dir, max_tokens)?),
     };
-    // One pass now, so the first routed request does not pay for what a first pass sets up (CPU
-    // kernel detection and the AMX tile grant, page faults on buffers and weights): ~7 ms.
+    // One pass now, so the first routed request does not pay for what only the first pass in the
+    // process does (CPU kernel detection, the AMX tile grant, first touches of the weights): it
+    // took ~5× a normal request. Per-thread buffers still start empty on each new thread.
     inner.embed(&["warm-up"])?;
     let store = dir.join(format!("example-vectors-{max_tokens}.cache"));
     Ok(std::sync::Arc::new(cache::Memoized::new(inner, Some(store))))

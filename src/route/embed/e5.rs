@@ -237,7 +237,8 @@ impl E5Small {
 
 /// Texts per encoder pass when several are embedded together (the router's examples): products
 /// over ~16 short texts fill the kernels' token tiles and read each weight matrix once for all of
-/// them (the examples embed ~3× faster than one by one) while the buffers stay in cache.
+/// them while the buffers stay in cache (with the per-thread buffers in `encoder.rs`, the first
+/// start with ~650 examples went from 2.2 s to 1.4 s to `/readyz`).
 const TEXTS_PER_PASS: usize = 16;
 
 impl Embedder for E5Small {

@@ -202,7 +202,12 @@ pub fn kernel() -> Kernel {
             // The enum lists kernels from the most to the least capable.
             Some(&(_, wanted)) => wanted.max(detected),
             None => {
-                tracing::warn!(value = %cap, "LLM_GATEWAY_EMBED_KERNEL must be amx, avx512, avx2 or portable; ignored");
+                let names: Vec<&str> = KERNEL_NAMES.iter().map(|(name, _)| *name).collect();
+                tracing::warn!(
+                    value = %cap,
+                    "LLM_GATEWAY_EMBED_KERNEL must be one of {}; ignored",
+                    names.join(", ")
+                );
                 detected
             }
         }
