@@ -172,6 +172,11 @@ fn router_snapshot(config: &std::path::Path) -> Result<std::sync::Arc<llm_gatewa
     }
     let snapshot = llm_gateway::engine::Snapshot::build(config, &llm_gateway::engine::Shared::default())
         .map_err(|e| e.to_string())?;
+    // Examples embedded first, so the timings below are of routing alone; a failure is only
+    // reported here (the tier abstains with the reason, as it would when serving).
+    if let Some(Err(e)) = snapshot.router.as_ref().map(|r| r.wait_ready()) {
+        eprintln!("warning: {e}");
+    }
     Ok(std::sync::Arc::new(snapshot))
 }
 

@@ -37,13 +37,15 @@ pub struct Router {
     /// The model each route sends to (after the cost-aware choice).
     models: Vec<String>,
     rules: Option<Rules>,
-    examples: Option<ExampleIndex>,
+    examples: Option<Arc<ExampleIndex>>,
     classifier_cache: Mutex<HashMap<u64, Option<usize>>>,
 }
 
 struct ExampleIndex {
     embedder: Arc<dyn Embedder>,
-    /// Built from the examples at config load, or on first use for a remote embedder (a failed
+    /// Built from the examples at config load when their vectors are stored, on a background
+    /// thread when the local model must embed them (a first start), or on first use for a remote
+    /// embedder; a request meanwhile waits for the build (a failed
     /// build is retried by the next request; meanwhile the tier abstains with the reason).
     scorer: std::sync::OnceLock<Scorer>,
     /// Held while building, so concurrent first requests embed the examples once, not each.
@@ -70,8 +72,29 @@ impl ExampleIndex {
             self.embedder.embed_examples(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
         };
         let vectors: Vec<(usize, Vec<f32>)> = self.examples.iter().map(|(r, _)| *r).zip(vectors).collect();
-        let scorer = Scorer::build(self.scoring, vectors, self.routes, self.embedder.dim())?;
+        let scorer = Scorer::build(self.scoring, vectors, self.routes, self.embedder.dim(), self.embedder.parts())?;
         Ok(self.scorer.get_or_init(|| scorer))
+    }
+}
+
+/// Embeds the examples on a thread of their own, so a first start (~2,500 examples: ~7.5 s on 2
+/// cores) serves at once; the first routed requests wait for the index meanwhile.
+fn build_in_background(index: &Arc<ExampleIndex>) {
+    let index = Arc::clone(index);
+    let examples = index.examples.len();
+    tracing::info!("router: embedding {examples} example utterances in the background (later starts read them from the vector store)");
+    let spawned = std::thread::Builder::new().name("router-examples".into()).spawn(move || {
+        let started = Instant::now();
+        match index.scorer() {
+            Ok(_) => tracing::info!(
+                "router: {examples} examples embedded in {:.1} s; the embedding tier is ready",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => tracing::warn!("router: {e}; the first routed request tries again"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("router: cannot start the example-embedding thread ({e}); the first routed request embeds them");
     }
 }
 
@@ -86,7 +109,13 @@ enum Scorer {
 }
 
 impl Scorer {
-    fn build(scoring: Scoring, vectors: Vec<(usize, Vec<f32>)>, routes: usize, dim: usize) -> Result<Self, String> {
+    fn build(
+        scoring: Scoring,
+        vectors: Vec<(usize, Vec<f32>)>,
+        routes: usize,
+        dim: usize,
+        parts: usize,
+    ) -> Result<Self, String> {
         Ok(match scoring {
             // Without examples every scorer abstains; nearest-example does so without training.
             _ if vectors.is_empty() => Scorer::Nearest(vectors),
@@ -104,7 +133,7 @@ impl Scorer {
                     .collect(),
             ),
             Scoring::Linear => Scorer::Linear(
-                linear::Softmax::train(&vectors, routes)
+                linear::Softmax::train(&vectors, routes, parts)
                     .map_err(|e| format!("cannot train the router's classifier: {e}"))?,
             ),
         })
@@ -213,8 +242,14 @@ impl Router {
                     scoring: config.embedding.scoring,
                     routes: names.len(),
                 };
+                let index = Arc::new(index);
                 if !remote {
-                    index.scorer()?;
+                    let texts: Vec<&str> = index.examples.iter().map(|(_, t)| t.as_str()).collect();
+                    if index.embedder.remembers(&texts) {
+                        index.scorer()?;
+                    } else {
+                        build_in_background(&index);
+                    }
                 }
                 Some(index)
             }
@@ -241,6 +276,12 @@ impl Router {
             examples,
             classifier_cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Waits for the embedding tier's index (built in the background on a first start) and says
+    /// why it could not be built; for a remote embedder, embeds the examples now.
+    pub fn wait_ready(&self) -> Result<(), String> {
+        self.examples.as_ref().map_or(Ok(()), |index| index.scorer().map(|_| ()))
     }
 
     pub fn route_names(&self) -> &[String] {

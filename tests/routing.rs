@@ -307,3 +307,62 @@ router:
     // the memo.
     assert_eq!(inputs.len(), 3, "examples are embedded once; each new prompt once: {inputs:?}");
 }
+
+/// Blocks in `embed` until opened: shows whether the caller waited for the examples.
+struct Gated {
+    open: std::sync::Mutex<bool>,
+    opened: std::sync::Condvar,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl llm_gateway::route::embed::Embedder for Gated {
+    fn name(&self) -> &str {
+        "gated"
+    }
+    fn dim(&self) -> usize {
+        2
+    }
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, llm_gateway::route::embed::EmbedError> {
+        let open = self.open.lock().unwrap();
+        drop(self.opened.wait_while(open, |open| !*open).unwrap());
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(texts.iter().map(|t| if t.contains("code") { vec![1.0, 0.0] } else { vec![0.0, 1.0] }).collect())
+    }
+}
+
+#[test]
+fn a_first_start_is_ready_while_the_local_model_still_embeds_the_examples() {
+    let yaml = r#"
+providers:
+  local: { kind: mock }
+models:
+  coder: { deployments: [ { provider: local, model: coder } ] }
+  talker: { deployments: [ { provider: local, model: talker } ] }
+router:
+  default: chitchat
+  embedding: { model: builtin, scoring: nearest }
+  routes:
+    - { name: code, model: coder, description: "Code", examples: [ "write code", "fix my code" ] }
+    - { name: chitchat, model: talker, description: "Small talk", examples: [ "hi there" ] }
+"#;
+    let config = Config::parse("routing.yaml", yaml, &|_| None).unwrap_or_else(|e| panic!("{e}"));
+    let gated = std::sync::Arc::new(Gated {
+        open: std::sync::Mutex::new(false),
+        opened: std::sync::Condvar::new(),
+        calls: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let embedder: std::sync::Arc<dyn llm_gateway::route::embed::Embedder> = gated.clone();
+    let (built, router) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let router_config = config.router.as_ref().unwrap();
+        built.send(llm_gateway::route::Router::build(router_config, &config.models, &|_| None, Some(embedder))).unwrap();
+    });
+    // A synchronous build would still be blocked in `embed`.
+    let router = router.recv_timeout(Duration::from_secs(30)).expect("the router is built before the examples are embedded");
+    let router = router.unwrap();
+    assert_eq!(gated.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    *gated.open.lock().unwrap() = true;
+    gated.opened.notify_all();
+    router.wait_ready().unwrap();
+    assert_eq!(gated.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the examples are embedded once, in one call");
+}

@@ -65,12 +65,22 @@ pub trait Embedder: Send + Sync {
     fn name(&self) -> &str;
     /// The length of every returned vector.
     fn dim(&self) -> usize;
+    /// A vector may be several equal parts (e.g. one per encoder layer pooled), each L2-normalised
+    /// and scaled by 1/√parts, so the whole is still unit length; a trained scorer can weigh the
+    /// parts apart (see [`normalize_parts`]).
+    fn parts(&self) -> usize {
+        1
+    }
     /// One vector per text, in order. An empty slice gives an empty result.
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
     /// [`embed`](Embedder::embed) for configured example utterances, which an implementation may
     /// keep on disk (never request prompts) so the next start-up does not embed them again.
     fn embed_examples(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         self.embed(texts)
+    }
+    /// Whether every one of `texts` is already embedded and kept (so embedding them is instant).
+    fn remembers(&self, _texts: &[&str]) -> bool {
+        false
     }
     /// Calls a provider over the network (so the router embeds its examples on first use, not
     /// while the config loads, and `check` contacts no one).
@@ -327,6 +337,16 @@ pub(crate) fn normalize(v: &mut [f32]) {
     let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
     if norm > 0.0 {
         v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// L2-normalises each of `parts` equal parts of `v` and scales them by 1/√parts (unit length overall).
+pub(crate) fn normalize_parts(v: &mut [f32], parts: usize) {
+    let len = v.len() / parts.max(1);
+    let scale = 1.0 / (parts.max(1) as f32).sqrt();
+    for part in v.chunks_exact_mut(len.max(1)) {
+        normalize(part);
+        part.iter_mut().for_each(|x| *x *= scale);
     }
 }
 

@@ -31,11 +31,16 @@ pub fn instruction(prompt: &str) -> String {
     if joined.len() <= WHOLE || paragraphs.is_empty() {
         return collapse(&joined);
     }
-    let first = head(paragraphs[0], END);
-    let last = paragraphs.last().map(|p| tail(p, END)).unwrap_or_default();
-    if paragraphs.len() == 1 {
-        return collapse(&format!("{first} … {last}"));
-    }
+    // Material pasted without blank lines (a log, a CSV, unfenced code) is one paragraph: then its
+    // first and last lines are the ends (the request sits on one of them), not its first 240 bytes,
+    // which would be the request plus the material's first lines.
+    let units: Vec<&str> = if paragraphs.len() == 1 {
+        joined.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+    } else {
+        paragraphs
+    };
+    let first = head(units[0], END);
+    let last = units.last().filter(|_| units.len() > 1).map(|p| tail(p, END)).unwrap_or_else(|| tail(units[0], END));
     collapse(&format!("{first} … {last}"))
 }
 
@@ -44,7 +49,16 @@ pub fn instruction(prompt: &str) -> String {
 /// paragraph if there is one ("…\n\nKeep it under 50 words.").
 fn lead_in(text: &str) -> Option<String> {
     let trimmed = text.trim_start();
-    let (pos, colon) = trimmed.char_indices().find(|(_, c)| *c == ':' || *c == '：')?;
+    // A colon that ends a phrase ("12:05", "https://" and "a:b" are material): one that ends its
+    // line, or on the first line one followed by a space (further down, "ERROR: disk full" is
+    // material too).
+    let first_line_end = trimmed.find('\n').unwrap_or(trimmed.len());
+    let (pos, colon) = trimmed.char_indices().find(|&(at, c)| {
+        let after = &trimmed[at + c.len_utf8()..];
+        let ends_line = after.trim_start_matches([' ', '\t', '\r']).starts_with('\n');
+        (c == ':' || c == '：')
+            && (ends_line || (at < first_line_end && (c == '：' || after.starts_with(char::is_whitespace))))
+    })?;
     let head = trimmed[..pos].trim();
     let rest = &trimmed[pos + colon.len_utf8()..];
     let pasted = rest.trim().contains('\n') || rest.trim().len() >= 150;
@@ -139,6 +153,20 @@ mod tests {
             instruction("Question: how do I reverse a list in Python?"),
             "Question: how do I reverse a list in Python?"
         );
+    }
+
+    #[test]
+    fn material_pasted_without_blank_lines_is_judged_by_its_first_and_last_lines() {
+        let log = "2024-03-01 12:00:01 INFO connected to db:primary at https://db.internal:5432\n".repeat(12);
+        let prompt = format!("Can you write a limerick about this log?\n{log}");
+        let judged = instruction(&prompt);
+        assert!(judged.starts_with("Can you write a limerick about this log? … "), "{judged}");
+        assert!(!judged.contains("limerick about this log? 2024"), "material is not part of the request: {judged}");
+        let prompt = format!("Hi there,\nplease extract the error codes from this log:\n{log}");
+        assert_eq!(instruction(&prompt), "Hi there, please extract the error codes from this log");
+        let prompt = format!("{log}Summarize what went wrong in one sentence.");
+        let judged = instruction(&prompt);
+        assert!(judged.ends_with(" … Summarize what went wrong in one sentence."), "{judged}");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! the classifier weighs the summarising part. Scores are probabilities that sum to 1.
 
 /// Input scale: unit vectors' dot products are small, so logits need a larger range to separate.
-const SCALE: f32 = 30.0;
+/// (10 and 20 cross-validate within 0.2 points of each other on the centred features; 30 was
+/// best before centring.)
+const SCALE: f32 = 10.0;
 /// Full-batch gradient descent: enough steps for the training loss to settle on a few hundred
 /// examples (checked against the held-out split: 100 steps lose ~1 point, 500 gain nothing).
 const STEPS: usize = 200;
@@ -16,37 +18,50 @@ pub struct Softmax {
     /// `[routes][dim]`, already multiplied by [`SCALE`].
     weights: Vec<Vec<f32>>,
     bias: Vec<f32>,
+    /// The mean example vector, subtracted before each part is renormalised: sentence vectors all
+    /// share a large common component (any two e5 vectors have a cosine of ~0.7), and removing it
+    /// spreads the routes apart (cross-validated over the router's examples: 89.1 % → 91.8 % with
+    /// one pooled layer, and 94.1 % with the two of multilingual-e5-small's).
+    center: Vec<f32>,
+    /// Equal parts of each vector, centred and renormalised apart (see `Embedder::parts`).
+    parts: usize,
 }
 
 impl Softmax {
-    /// Trains on `(route, unit vector)` pairs for `routes` routes. Deterministic (zero start).
-    /// Plain loops over contiguous rows, compiled for AVX2 where the CPU has it: ~0.8 G
-    /// multiply-adds for 600 examples, which candle's small-matrix products made 0.6 s of every
-    /// config load.
-    pub fn train(examples: &[(usize, Vec<f32>)], routes: usize) -> Result<Self, String> {
+    /// Trains on `(route, unit vector)` pairs for `routes` routes, vectors of `parts` equal parts.
+    /// Deterministic (zero start). Plain loops over contiguous rows, compiled for AVX2 where the
+    /// CPU has it: ~0.8 G multiply-adds for 600 examples, which candle's small-matrix products
+    /// made 0.6 s of every config load.
+    pub fn train(examples: &[(usize, Vec<f32>)], routes: usize, parts: usize) -> Result<Self, String> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2, the only feature `train_avx2` enables.
             #[allow(unsafe_code)]
-            return unsafe { Self::train_avx2(examples, routes) };
+            return unsafe { Self::train_avx2(examples, routes, parts) };
         }
-        Self::train_here(examples, routes)
+        Self::train_here(examples, routes, parts)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    fn train_avx2(examples: &[(usize, Vec<f32>)], routes: usize) -> Result<Self, String> {
-        Self::train_here(examples, routes)
+    fn train_avx2(examples: &[(usize, Vec<f32>)], routes: usize, parts: usize) -> Result<Self, String> {
+        Self::train_here(examples, routes, parts)
     }
 
     #[inline(always)]
-    fn train_here(examples: &[(usize, Vec<f32>)], routes: usize) -> Result<Self, String> {
+    fn train_here(examples: &[(usize, Vec<f32>)], routes: usize, parts: usize) -> Result<Self, String> {
         let n = examples.len();
         let dim = examples.first().map_or(0, |(_, v)| v.len());
         if examples.iter().any(|(route, v)| v.len() != dim || *route >= routes) {
             return Err("example vectors of differing sizes".into());
         }
-        let x: Vec<f32> = examples.iter().flat_map(|(_, v)| v.iter().map(|x| x * SCALE)).collect();
+        if parts == 0 || !dim.is_multiple_of(parts) {
+            return Err(format!("{dim}-dimensional vectors cannot be split into {parts} equal parts"));
+        }
+        let mut center = vec![0f32; dim];
+        examples.iter().for_each(|(_, v)| center.iter_mut().zip(v).for_each(|(c, x)| *c += x / n as f32));
+        let features = |v: &[f32]| centered(v, &center, parts);
+        let x: Vec<f32> = examples.iter().flat_map(|(_, v)| features(v)).map(|x| x * SCALE).collect();
         let mut w = vec![0f32; routes * dim];
         let mut b = vec![0f32; routes];
         let mut g = vec![0f32; n * routes];
@@ -79,22 +94,30 @@ impl Softmax {
             }
         }
         let weights = w.chunks_exact(dim).map(|row| row.iter().map(|v| v * SCALE).collect()).collect();
-        Ok(Self { weights, bias: b })
+        Ok(Self { weights, bias: b, center, parts })
     }
 
     /// The probability of each route for a unit `query` vector.
     pub fn probabilities(&self, query: &[f32]) -> Vec<f64> {
+        let query = centered(query, &self.center, self.parts);
         let logits: Vec<f64> = self
             .weights
             .iter()
             .zip(&self.bias)
-            .map(|(w, b)| f64::from(*b) + w.iter().zip(query).map(|(w, q)| f64::from(w * q)).sum::<f64>())
+            .map(|(w, b)| f64::from(*b) + w.iter().zip(&query).map(|(w, q)| f64::from(w * q)).sum::<f64>())
             .collect();
         let max = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let exp: Vec<f64> = logits.iter().map(|l| (l - max).exp()).collect();
         let total: f64 = exp.iter().sum();
         exp.into_iter().map(|e| e / total).collect()
     }
+}
+
+/// `v - center`, each of its `parts` parts renormalised and scaled by 1/√parts.
+fn centered(v: &[f32], center: &[f32], parts: usize) -> Vec<f32> {
+    let mut out: Vec<f32> = v.iter().zip(center).map(|(x, c)| x - c).collect();
+    crate::route::embed::normalize_parts(&mut out, parts);
+    out
 }
 
 /// Dot product in eight lanes, so it vectorizes.
@@ -130,7 +153,7 @@ mod tests {
                 examples.push((route, unit(v)));
             }
         }
-        let model = Softmax::train(&examples, 3).unwrap();
+        let model = Softmax::train(&examples, 3, 1).unwrap();
         for route in 0..3 {
             let mut v = [0.6, 0.1, 0.1, 0.3];
             v.swap(0, route);
@@ -138,7 +161,8 @@ mod tests {
             assert!((p.iter().sum::<f64>() - 1.0).abs() < 1e-9);
             assert!(p[route] > 0.8, "route {route}: {p:?}");
         }
-        assert!(Softmax::train(&[(0, vec![1.0, 0.0]), (1, vec![1.0])], 2).is_err());
-        assert!(Softmax::train(&[(2, vec![1.0])], 2).is_err());
+        assert!(Softmax::train(&[(0, vec![1.0, 0.0]), (1, vec![1.0])], 2, 1).is_err());
+        assert!(Softmax::train(&[(0, vec![1.0, 0.0, 0.0])], 1, 2).is_err());
+        assert!(Softmax::train(&[(2, vec![1.0])], 2, 1).is_err());
     }
 }

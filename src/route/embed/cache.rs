@@ -25,7 +25,7 @@ pub struct Memoized {
 // Bumped whenever an encoder's arithmetic changes, so stored vectors never mix with the new ones:
 // 02 int8 encoder (files from the f32 one are ignored and rewritten); 03 fused multiply-adds;
 // 04 7-bit weights.
-const STORE_MAGIC: &[u8; 8] = b"LGVEC04\n";
+const STORE_MAGIC: &[u8; 8] = b"LGVEC05\n";
 
 impl Memoized {
     pub fn new(inner: Arc<dyn Embedder>, store: Option<PathBuf>) -> Self {
@@ -113,8 +113,17 @@ impl Embedder for Memoized {
         self.inner.dim()
     }
 
+    fn parts(&self) -> usize {
+        self.inner.parts()
+    }
+
     fn remote(&self) -> bool {
         self.inner.remote()
+    }
+
+    fn remembers(&self, texts: &[&str]) -> bool {
+        let memo = self.memo.lock().unwrap_or_else(|e| e.into_inner());
+        texts.iter().all(|t| memo.contains_key(&self.key(t)))
     }
 
     fn embed_examples(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -12,9 +12,9 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use super::encoder::{Encoder, Layer, Norm};
+use super::encoder::{Encoder, Layer, Norm, POOLED_LAYERS};
 use super::int8::QuantLinear;
-use super::{EmbedError, Embedder, normalize};
+use super::{EmbedError, Embedder, normalize_parts};
 
 /// The file `scripts/fetch-model.sh` puts in the model directory.
 pub const E5_MODEL_FILE: &str = "e5-small-q4.bin";
@@ -178,25 +178,41 @@ impl E5Small {
 
     /// Token ids the model sees for `text`: `<s>`, the prefixed text's pieces (capped), `</s>`.
     pub fn token_ids(&self, text: &str) -> Vec<u32> {
+        let wanted = self.max_tokens - 2;
         let mut ids = Vec::with_capacity(self.max_tokens);
         ids.push(self.tokenizer.bos);
-        // Only the first tokens are kept: tokenize a prefix of the text (~8 bytes per token), and a
-        // longer one only when that prefix did not yield more pieces than are kept (so the cut,
-        // which may split a word, never touches a kept piece): not a pasted 4,000-token document.
-        let wanted = self.max_tokens - 2;
+        // Only a prefix (and below, a suffix) is tokenized, ~8 bytes per kept piece and longer only
+        // when it yields too few pieces: never a whole pasted 4,000-token document.
         let mut budget = (self.max_tokens * 8).max(64);
-        let pieces = loop {
-            let mut cut = budget.min(text.len());
-            while !text.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let pieces = self.tokenizer.encode(&format!("{QUERY_PREFIX}{}", &text[..cut]));
-            if cut == text.len() || pieces.len() > wanted {
-                break pieces;
+        let (head, whole) = loop {
+            let head = head_bytes(text, budget);
+            let pieces = self.tokenizer.encode(&format!("{QUERY_PREFIX}{head}"));
+            if head.len() == text.len() || pieces.len() > wanted {
+                break (pieces, head.len() == text.len());
             }
             budget *= 4;
         };
-        ids.extend(pieces.into_iter().take(wanted));
+        if whole && head.len() <= wanted {
+            ids.extend(head);
+        } else {
+            // Too long: keep the first and the last pieces, where people write what they want done
+            // (a head-only cut lost the closing instruction of long prompts: 64 tokens judged
+            // 89.9 % of the held-out split, 128 tokens 90.7 %). The suffix starts at a word
+            // boundary when there is one nearby, so its first piece is not half a word.
+            let tail_len = wanted / 2;
+            let mut budget = (self.max_tokens * 4).max(64);
+            let tail = loop {
+                let suffix = word_start_tail(text, budget);
+                let pieces = self.tokenizer.encode(suffix);
+                if suffix.len() == text.len() || pieces.len() > tail_len {
+                    break pieces;
+                }
+                budget *= 4;
+            };
+            let tail = &tail[tail.len().saturating_sub(tail_len)..];
+            ids.extend(head.into_iter().take(wanted - tail.len()));
+            ids.extend_from_slice(tail);
+        }
         ids.push(self.tokenizer.eos);
         ids
     }
@@ -230,8 +246,34 @@ impl E5Small {
             self.embed_token(*id, position, out);
         }
         let mut vectors = self.encoder.forward(input, &lengths);
-        vectors.iter_mut().for_each(|v| normalize(v));
+        vectors.iter_mut().for_each(|v| normalize_parts(v, POOLED_LAYERS));
         vectors
+    }
+}
+
+/// At most `limit` bytes from the start of `text`, cut at a character boundary.
+fn head_bytes(text: &str, limit: usize) -> &str {
+    let mut cut = limit.min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &text[..cut]
+}
+
+/// About the last `limit` bytes of `text`, starting after a space when one is within the first
+/// quarter of the window (text without spaces, e.g. Chinese, starts at a character boundary).
+fn word_start_tail(text: &str, limit: usize) -> &str {
+    let mut start = text.len().saturating_sub(limit);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let window = &text[start..];
+    if start == 0 {
+        return window;
+    }
+    match window.char_indices().take_while(|(at, _)| *at < limit / 4).find(|(_, c)| c.is_whitespace()) {
+        Some((space, _)) => &window[space..],
+        None => window,
     }
 }
 
@@ -247,7 +289,11 @@ impl Embedder for E5Small {
     }
 
     fn dim(&self) -> usize {
-        self.hidden
+        self.hidden * POOLED_LAYERS
+    }
+
+    fn parts(&self) -> usize {
+        POOLED_LAYERS
     }
 
     fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -6,6 +6,22 @@
 
 use super::int8::{Kernel, MAGIC, QuantLinear, QuantRows, kernel};
 
+/// Token means per text: after the middle layer and after the last.
+pub const POOLED_LAYERS: usize = 2;
+
+/// Adds each text's mean token vector of `x` into block `block` of its `pooled` vector.
+fn mean_pool(x: &[f32], lengths: &[usize], hidden: usize, pooled: &mut [Vec<f32>], block: usize) {
+    let mut first = 0;
+    for (&tokens, out) in lengths.iter().zip(pooled) {
+        let out = &mut out[block * hidden..(block + 1) * hidden];
+        for token in x[first * hidden..(first + tokens) * hidden].chunks_exact(hidden) {
+            out.iter_mut().zip(token).for_each(|(p, v)| *p += v);
+        }
+        out.iter_mut().for_each(|p| *p /= tokens.max(1) as f32);
+        first += tokens;
+    }
+}
+
 pub struct Layer {
     /// Query, key and value stacked: `3 × hidden` outputs from one product.
     pub qkv: QuantLinear,
@@ -41,8 +57,11 @@ impl Encoder {
     }
 
     /// Runs the layers over `x` (`tokens × hidden` embeddings, already normalised), the tokens of
-    /// texts of `lengths` tokens laid end to end, and returns for each text the mean of its last
-    /// layer's token vectors.
+    /// texts of `lengths` tokens laid end to end, and returns for each text the means of its token
+    /// vectors after the middle layer and after the last, one after the other (`2 × hidden`, not
+    /// normalised). The middle layer still carries the wording (the verbs that say what is to be
+    /// done), the last mostly the topic: together they route better than the last alone (cross-
+    /// validated over the router's examples 91.8 % → 94.1 %, see `linear.rs`).
     pub fn forward(&self, x: Vec<f32>, lengths: &[usize]) -> Vec<Vec<f32>> {
         // Buffers are kept per thread between passes: fresh ones cost a page fault and a zeroed page
         // every 4 KiB (~15 % of embedding the examples at start-up). The largest pass (16 example
@@ -110,7 +129,9 @@ impl Encoder {
         let hidden = self.hidden;
         assert_eq!(lengths.iter().sum::<usize>() * hidden, x.len(), "token counts do not match the input");
         let Buffers { qkv, context, projected, intermediate, attention } = buffers;
-        for layer in &self.layers {
+        let middle = self.layers.len() / 2;
+        let mut pooled: Vec<Vec<f32>> = lengths.iter().map(|_| vec![0f32; POOLED_LAYERS * hidden]).collect();
+        for (index, layer) in self.layers.iter().enumerate() {
             products.product(&layer.qkv, &x, qkv);
             // Every head writes its columns of every token.
             context.resize(x.len(), 0.0);
@@ -126,20 +147,12 @@ impl Encoder {
             intermediate.iter_mut().for_each(|v| *v = gelu::<FUSED>(*v));
             products.product(&layer.output, intermediate, projected);
             add_norm(&mut x, projected, &layer.output_norm, hidden, self.eps);
+            if index == middle {
+                mean_pool(&x, lengths, hidden, &mut pooled, 0);
+            }
         }
-        let mut first = 0;
-        lengths
-            .iter()
-            .map(|&tokens| {
-                let mut pooled = vec![0f32; hidden];
-                for token in x[first * hidden..(first + tokens) * hidden].chunks_exact(hidden) {
-                    pooled.iter_mut().zip(token).for_each(|(p, v)| *p += v);
-                }
-                pooled.iter_mut().for_each(|p| *p /= tokens.max(1) as f32);
-                first += tokens;
-                pooled
-            })
-            .collect()
+        mean_pool(&x, lengths, hidden, &mut pooled, 1);
+        pooled
     }
 
     /// Scaled dot-product attention per head over one text's `qkv` (`tokens × 3·hidden`) into

@@ -70,15 +70,17 @@ impl QuantRows {
     }
 }
 
-/// The largest `|x|`, in eight lanes so it vectorizes.
+/// The largest `|x|`, in sixteen lanes so it vectorizes. A plain comparison, not `f32::max`,
+/// whose NaN rule costs a compare and a blend per vector (this was ~15 % of start-up's embedding).
 #[inline(always)]
 fn peak_magnitude(values: &[f32]) -> f32 {
-    let (chunks, rest) = values.as_chunks::<8>();
-    let mut lanes = [0f32; 8];
+    let larger = |m: f32, v: f32| if v > m { v } else { m };
+    let (chunks, rest) = values.as_chunks::<16>();
+    let mut lanes = [0f32; 16];
     for chunk in chunks {
-        lanes.iter_mut().zip(chunk).for_each(|(l, v)| *l = l.max(v.abs()));
+        lanes.iter_mut().zip(chunk).for_each(|(l, v)| *l = larger(*l, v.abs()));
     }
-    rest.iter().chain(&lanes).fold(0f32, |m, v| m.max(v.abs()))
+    rest.iter().map(|v| v.abs()).chain(lanes).fold(0f32, larger)
 }
 
 /// 1.5 × 2^23: for `|v| < 2^22`, `v + MAGIC` rounds `v` to the nearest integer (ties to even) and

@@ -58,7 +58,10 @@ fn embeddings_match_the_reference_engine() {
         assert_eq!(&single, vector, "batching changed {:?}", r.text);
         let norm: f32 = vector.iter().map(|x| x * x).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4);
-        let similarity = super::super::cosine(vector, &r.embedding);
+        // The reference gives the last layer's mean, our second part.
+        let mut last = vector[model.hidden..].to_vec();
+        super::super::normalize(&mut last);
+        let similarity = super::super::cosine(&last, &r.embedding);
         assert!(similarity > 0.97, "{:?}: cosine {similarity} with the reference engine", r.text);
     }
 }
@@ -75,8 +78,8 @@ fn int8_products_stay_close_to_float_ones() {
         let lengths = [ids.len()];
         let mut int8 = model.encoder.forward(input.clone(), &lengths).remove(0);
         let mut exact = model.encoder.forward_exact(input, &lengths).remove(0);
-        normalize(&mut int8);
-        normalize(&mut exact);
+        super::super::normalize_parts(&mut int8, POOLED_LAYERS);
+        super::super::normalize_parts(&mut exact, POOLED_LAYERS);
         let similarity = super::super::cosine(&int8, &exact);
         // 0.9985–0.9992 measured for these texts (7-bit weights; 0.9987–0.9993 with 8-bit ones).
         assert!(similarity > 0.995, "{:?}: int8 vs f32 cosine {similarity}", r.text);
@@ -103,15 +106,39 @@ fn long_texts_are_cut_to_max_tokens() {
     let long = "word ".repeat(500);
     assert_eq!(model.token_ids(&long).len(), 64);
     assert_eq!(model.token_ids("").len(), 2 + model.tokenizer.encode(QUERY_PREFIX).len());
-    assert_eq!(model.embed(&[long.as_str()]).expect("embeds")[0].len(), 384);
-    // Only a prefix is tokenized; the kept pieces must be those of the whole text, also when the
-    // first prefix holds too few pieces (a long run of spaces) or cuts through multi-byte text.
+    let vector = model.embed(&[long.as_str()]).expect("embeds").remove(0);
+    assert_eq!(vector.len(), 2 * model.hidden);
+    // Two parts (middle and last layer), each of length 1/√2.
+    for part in vector.chunks(model.hidden) {
+        let norm = part.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-4, "part norm {norm}");
+    }
+    // Only a prefix and a suffix are tokenized; the kept pieces must be the whole text's first 31
+    // and last 31, also when the prefix holds a long run of spaces or the cuts go through
+    // multi-byte text without spaces.
     let spaced = format!("start{}{}", " ".repeat(3000), "mot suivant ".repeat(200));
     let japanese = "日本語の長い文章を英語に翻訳してください。".repeat(100);
     for text in [long.as_str(), spaced.as_str(), japanese.as_str()] {
         let whole = model.tokenizer.encode(&format!("{QUERY_PREFIX}{text}"));
-        assert_eq!(&model.token_ids(text)[1..63], &whole[..62], "{}", &text[..20]);
+        let ids = model.token_ids(text);
+        assert_eq!(ids.len(), 64);
+        assert_eq!(&ids[1..32], &whole[..31], "start of {}", &text[..20]);
+        assert_eq!(&ids[32..63], &whole[whole.len() - 31..], "end of {}", &text[..20]);
     }
+}
+
+#[test]
+fn long_texts_are_judged_by_their_start_and_end() {
+    let Some(model) = e5() else { return };
+    let filler = "lorem ipsum dolor sit amet ".repeat(40);
+    let text = |middle: &str, ending: &str| format!("Here is our report. {filler}{middle} {filler}{ending}");
+    let translate = text("apples", "Please translate it into German.");
+    let summarize = text("apples", "Please summarize it in one line.");
+    let other_middle = text("quantum physics", "Please translate it into German.");
+    assert_eq!(model.token_ids(&translate), model.token_ids(&other_middle), "the middle is not judged");
+    let v = model.embed(&[&translate, &summarize]).expect("embeds");
+    let similarity = super::super::cosine(&v[0], &v[1]);
+    assert!(similarity < 0.99, "the closing instruction must count: cosine {similarity}");
 }
 
 #[test]
