@@ -82,7 +82,9 @@ impl ExampleIndex {
 fn build_in_background(index: &Arc<ExampleIndex>) {
     let index = Arc::clone(index);
     let examples = index.examples.len();
-    tracing::info!("router: embedding {examples} example utterances in the background (later starts read them from the vector store)");
+    tracing::info!(
+        "router: embedding {examples} example utterances in the background (later starts read them from the vector store)"
+    );
     let spawned = std::thread::Builder::new().name("router-examples".into()).spawn(move || {
         let started = Instant::now();
         match index.scorer() {

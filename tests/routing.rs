@@ -355,10 +355,13 @@ router:
     let (built, router) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let router_config = config.router.as_ref().unwrap();
-        built.send(llm_gateway::route::Router::build(router_config, &config.models, &|_| None, Some(embedder))).unwrap();
+        built
+            .send(llm_gateway::route::Router::build(router_config, &config.models, &|_| None, Some(embedder)))
+            .unwrap();
     });
     // A synchronous build would still be blocked in `embed`.
-    let router = router.recv_timeout(Duration::from_secs(30)).expect("the router is built before the examples are embedded");
+    let router =
+        router.recv_timeout(Duration::from_secs(30)).expect("the router is built before the examples are embedded");
     let router = router.unwrap();
     assert_eq!(gated.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
     *gated.open.lock().unwrap() = true;
