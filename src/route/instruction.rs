@@ -45,8 +45,8 @@ pub fn instruction(prompt: &str) -> String {
 }
 
 /// "Do X with this: <pasted material>": when a colon near the start introduces material (several
-/// lines, or a long run of text), the words before it are the instruction, plus a short closing
-/// paragraph if there is one ("…\n\nKeep it under 50 words.").
+/// lines, or a long run of text), the words before it are the instruction, plus the end of the
+/// material ("…\n\nKeep it under 50 words.", or an introduction's real request at the end).
 fn lead_in(text: &str) -> Option<String> {
     let trimmed = text.trim_start();
     // A colon that ends a phrase ("12:05", "https://" and "a:b" are material): one that ends its
@@ -65,12 +65,15 @@ fn lead_in(text: &str) -> Option<String> {
     if pos > 300 || head.len() < 8 || !pasted {
         return None;
     }
-    let closing = rest
-        .trim_end()
-        .rsplit("\n\n")
-        .next()
-        .map(str::trim)
-        .filter(|p| p.len() < 200 && !p.is_empty() && rest.trim() != *p);
+    // The request may also come after the material ("Here's our access log:\n…\nWhy the 502s?"):
+    // the last paragraph is kept too, or the last line when the material has no blank lines.
+    let rest = rest.trim();
+    let paragraphs: Vec<&str> = rest.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
+    let closing = match paragraphs.as_slice() {
+        [_, .., last] => Some(tail(last, END)),
+        [only] => only.lines().map(str::trim).rfind(|l| !l.is_empty()).filter(|l| l != only).map(|l| tail(l, END)),
+        [] => None,
+    };
     Some(match closing {
         Some(closing) => format!("{head} … {closing}"),
         None => head.to_string(),
@@ -143,7 +146,7 @@ mod tests {
     #[test]
     fn a_colon_introducing_pasted_material_ends_the_instruction() {
         let prompt = "Schreib ein Haiku über diese Abfrage, die jede Nacht läuft:\nSELECT region, SUM(betrag)\nFROM bestellungen\nGROUP BY region";
-        assert_eq!(instruction(prompt), "Schreib ein Haiku über diese Abfrage, die jede Nacht läuft");
+        assert_eq!(instruction(prompt), "Schreib ein Haiku über diese Abfrage, die jede Nacht läuft … GROUP BY region");
         let prompt = format!(
             "Summarize this email for me:\n{}\n\nKeep it under 50 words.",
             "Hi all, the garage is closed. ".repeat(10)
@@ -163,7 +166,10 @@ mod tests {
         assert!(judged.starts_with("Can you write a limerick about this log? … "), "{judged}");
         assert!(!judged.contains("limerick about this log? 2024"), "material is not part of the request: {judged}");
         let prompt = format!("Hi there,\nplease extract the error codes from this log:\n{log}");
-        assert_eq!(instruction(&prompt), "Hi there, please extract the error codes from this log");
+        let judged = instruction(&prompt);
+        assert!(judged.starts_with("Hi there, please extract the error codes from this log … 2024-03-01"), "{judged}");
+        let prompt = format!("Here's an export from our shop system:\n{log}Why do some rows have no port?");
+        assert_eq!(instruction(&prompt), "Here's an export from our shop system … Why do some rows have no port?");
         let prompt = format!("{log}Summarize what went wrong in one sentence.");
         let judged = instruction(&prompt);
         assert!(judged.ends_with(" … Summarize what went wrong in one sentence."), "{judged}");
