@@ -369,3 +369,37 @@ router:
     router.wait_ready().unwrap();
     assert_eq!(gated.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the examples are embedded once, in one call");
 }
+
+#[tokio::test]
+async fn the_shipped_routing_example_routes_plain_requests_in_several_languages() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    if !dir.join("models/multilingual-e5-small/e5-small-q4.bin").is_file() {
+        assert!(std::env::var_os("CI").is_none(), "CI needs scripts/fetch-model.sh");
+        eprintln!("skipped: run scripts/fetch-model.sh");
+        return;
+    }
+    // The example's model directory is relative to the repository root, where cargo runs tests.
+    let yaml = std::fs::read_to_string(dir.join("examples/routing.yaml")).unwrap();
+    let config =
+        Config::parse("examples/routing.yaml", &yaml, &|_| Some("dummy-key".into())).unwrap_or_else(|e| panic!("{e}"));
+    let server =
+        RunningServer::start(Gateway::new(config, None).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let http = reqwest::Client::new();
+    // None of these is an example in the file; a first start waits here for the examples.
+    for (prompt, route) in [
+        ("salut, comment tu vas ?", "chitchat"),
+        ("hey!! long time no see", "chitchat"),
+        ("who painted the Mona Lisa?", "chitchat"),
+        ("Escribe una función en Go que invierta un slice", "code"),
+        ("Postgres: how do I add an index concurrently?", "sql"),
+        ("What is the probability of rolling two sixes with two dice?", "math_reasoning"),
+        ("Résume cet article en trois phrases", "summarization"),
+        ("把这段话翻译成英文：今天天气很好", "translation"),
+        ("帮我写一首关于秋天的诗", "creative_writing"),
+        ("write a limerick about a sleepy cat", "creative_writing"),
+        ("Extract every email address from this text: contact anna@x.io or bob@y.org", "extraction"),
+    ] {
+        let trace = explain(&http, &server, prompt).await;
+        assert_eq!(trace["route"], route, "{prompt}: {trace}");
+    }
+}
