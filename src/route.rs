@@ -77,8 +77,9 @@ impl ExampleIndex {
     }
 }
 
-/// Embeds the examples on a thread of their own, so a first start (~2,500 examples: ~7.5 s on 2
-/// cores) serves at once; the first routed requests wait for the index meanwhile.
+/// Embeds the examples on a thread of their own, so a first start (3,292 examples in
+/// examples/routing.yaml: ~9 s on 2 cores) serves at once; routed requests wait for the index
+/// meanwhile. (A reload during that build embeds the examples not yet stored a second time.)
 fn build_in_background(index: &Arc<ExampleIndex>) {
     let index = Arc::clone(index);
     let examples = index.examples.len();

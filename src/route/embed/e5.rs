@@ -196,9 +196,10 @@ impl E5Small {
             ids.extend(head);
         } else {
             // Too long: keep the first and the last pieces, where people write what they want done
-            // (a head-only cut lost the closing instruction of long prompts: 64 tokens judged
-            // 89.9 % of the held-out split, 128 tokens 90.7 %). The suffix starts at a word
-            // boundary when there is one nearby, so its first piece is not half a word.
+            // (a head-only cut loses a closing request: on test.jsonl, the first 62 pieces judged
+            // 89.9 %, the first 126 90.7 % at twice the cost, the first and last 31 90.3 %). The
+            // suffix starts at a word boundary when there is one nearby, so its first piece is not
+            // half a word.
             let tail_len = wanted / 2;
             let mut budget = (self.max_tokens * 4).max(64);
             let tail = loop {
