@@ -28,9 +28,17 @@ pub struct Shared {
     /// Loaded embedding models by (model, directory): loading takes a while, so reloads reuse them
     /// (and their memo of embedded texts, so unchanged examples are not embedded again).
     embedders: std::sync::Mutex<EmbedderCache>,
+    /// Set by `check`: build everything that validates the config, but not the router's example
+    /// index (embedding and training on thousands of examples is serving work, not validation).
+    validate_only: bool,
 }
 
 impl Shared {
+    /// For `check`: see `validate_only`.
+    pub fn for_validation() -> Self {
+        Self { validate_only: true, ..Self::default() }
+    }
+
     pub fn embedder(
         &self,
         model: &str,
@@ -133,7 +141,12 @@ impl Snapshot {
                         .and_then(|t| t.price)
                         .map(|p| p.input + p.output)
                 };
-                let router = crate::route::Router::build(rc, &config.models, &price, embedder)
+                let index = if shared.validate_only {
+                    crate::route::IndexBuild::OnFirstUse
+                } else {
+                    crate::route::IndexBuild::AtLoad
+                };
+                let router = crate::route::Router::build(rc, &config.models, &price, embedder, index)
                     .map_err(GatewayError::internal)?;
                 entries.push(json!({"id": rc.model_name, "object": "model", "created": 0, "owned_by": "llm-gateway"}));
                 Some(Arc::new(router))

@@ -123,7 +123,7 @@ fn run(future: impl std::future::Future<Output = Result<(), String>>) -> ExitCod
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {
-    let shared = llm_gateway::engine::Shared::default();
+    let shared = llm_gateway::engine::Shared::for_validation();
     let mut failed = false;
     for file in files {
         let config = match Config::load(file) {

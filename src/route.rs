@@ -216,6 +216,16 @@ fn hash(text: &str) -> u64 {
     h.finish()
 }
 
+/// When the embedding tier's example index is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexBuild {
+    /// While the config loads when the example vectors are stored, otherwise on a background
+    /// thread (a local model's first start); a remote embedder's on first use either way.
+    AtLoad,
+    /// On the first routed request (`check`, which only validates).
+    OnFirstUse,
+}
+
 impl Router {
     /// Compiles the rules, embeds every example (through `embedder`, when the tier is on) and
     /// resolves each route's model. `price` gives a model's blended USD per million tokens.
@@ -224,6 +234,7 @@ impl Router {
         models: &BTreeMap<String, Arc<ModelConfig>>,
         price: &dyn Fn(&str) -> Option<f64>,
         embedder: Option<Arc<dyn Embedder>>,
+        index_build: IndexBuild,
     ) -> Result<Self, String> {
         let names: Vec<String> = config.routes.iter().map(|r| r.name.clone()).collect();
         let rules =
@@ -246,7 +257,7 @@ impl Router {
                     routes: names.len(),
                 };
                 let index = Arc::new(index);
-                if !remote {
+                if !remote && index_build == IndexBuild::AtLoad {
                     let texts: Vec<&str> = index.examples.iter().map(|(_, t)| t.as_str()).collect();
                     if index.embedder.remembers(&texts) {
                         index.scorer()?;

@@ -356,7 +356,13 @@ router:
     std::thread::spawn(move || {
         let router_config = config.router.as_ref().unwrap();
         built
-            .send(llm_gateway::route::Router::build(router_config, &config.models, &|_| None, Some(embedder)))
+            .send(llm_gateway::route::Router::build(
+                router_config,
+                &config.models,
+                &|_| None,
+                Some(embedder),
+                llm_gateway::route::IndexBuild::AtLoad,
+            ))
             .unwrap();
     });
     // A synchronous build would still be blocked in `embed`.
