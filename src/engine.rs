@@ -28,15 +28,15 @@ pub struct Shared {
     /// Loaded embedding models by (model, directory): loading takes a while, so reloads reuse them
     /// (and their memo of embedded texts, so unchanged examples are not embedded again).
     embedders: std::sync::Mutex<EmbedderCache>,
-    /// Set by `check`: build everything that validates the config, but not the router's example
-    /// index (embedding and training on thousands of examples is serving work, not validation).
-    validate_only: bool,
+    /// When routers build their example index: `check` builds everything that validates the config
+    /// but not that (embedding and training on thousands of examples is serving work).
+    index_build: crate::route::IndexBuild,
 }
 
 impl Shared {
-    /// For `check`: see `validate_only`.
+    /// For `check`: see `index_build`.
     pub fn for_validation() -> Self {
-        Self { validate_only: true, ..Self::default() }
+        Self { index_build: crate::route::IndexBuild::OnFirstUse, ..Self::default() }
     }
 
     pub fn embedder(
@@ -141,12 +141,7 @@ impl Snapshot {
                         .and_then(|t| t.price)
                         .map(|p| p.input + p.output)
                 };
-                let index = if shared.validate_only {
-                    crate::route::IndexBuild::OnFirstUse
-                } else {
-                    crate::route::IndexBuild::AtLoad
-                };
-                let router = crate::route::Router::build(rc, &config.models, &price, embedder, index)
+                let router = crate::route::Router::build(rc, &config.models, &price, embedder, shared.index_build)
                     .map_err(GatewayError::internal)?;
                 entries.push(json!({"id": rc.model_name, "object": "model", "created": 0, "owned_by": "llm-gateway"}));
                 Some(Arc::new(router))

@@ -217,10 +217,11 @@ fn hash(text: &str) -> u64 {
 }
 
 /// When the embedding tier's example index is built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum IndexBuild {
     /// While the config loads when the example vectors are stored, otherwise on a background
     /// thread (a local model's first start); a remote embedder's on first use either way.
+    #[default]
     AtLoad,
     /// On the first routed request (`check`, which only validates).
     OnFirstUse,

@@ -168,15 +168,24 @@ async fn explain_shows_the_trace_without_calling_any_model() {
     assert!(r.classifier.requests().is_empty());
 }
 
+/// Whether `scripts/fetch-model.sh` has fetched multilingual-e5-small; without it a test is skipped,
+/// except under CI, where it fails.
+fn local_model_present() -> bool {
+    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/multilingual-e5-small/e5-small-q4.bin");
+    if model.is_file() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "CI needs scripts/fetch-model.sh");
+    eprintln!("skipped: run scripts/fetch-model.sh");
+    false
+}
+
 /// Tier 2 with the local multilingual model (needs `scripts/fetch-model.sh`; skipped without it
 /// outside CI): English examples only, yet French, Chinese and Spanish requests land on the route
 /// their instruction asks for, and the trace shows the embedding tier's probabilities.
 #[tokio::test]
 async fn the_local_model_routes_other_languages_by_their_instruction() {
-    let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/multilingual-e5-small/e5-small-q4.bin");
-    if !model.is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI needs scripts/fetch-model.sh");
-        eprintln!("skipped: run scripts/fetch-model.sh");
+    if !local_model_present() {
         return;
     }
     let yaml = r#"
@@ -378,12 +387,10 @@ router:
 
 #[tokio::test]
 async fn the_shipped_routing_example_routes_plain_requests_in_several_languages() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    if !dir.join("models/multilingual-e5-small/e5-small-q4.bin").is_file() {
-        assert!(std::env::var_os("CI").is_none(), "CI needs scripts/fetch-model.sh");
-        eprintln!("skipped: run scripts/fetch-model.sh");
+    if !local_model_present() {
         return;
     }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     // The example's model directory is relative to the repository root, where cargo runs tests.
     let yaml = std::fs::read_to_string(dir.join("examples/routing.yaml")).unwrap();
     let config =

@@ -26,22 +26,30 @@ pub fn instruction(prompt: &str) -> String {
     if let Some(head) = lead_in(&text) {
         return collapse(&head);
     }
-    let paragraphs: Vec<&str> = text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
+    let paragraphs = paragraphs(&text);
     let joined = paragraphs.join("\n");
     if joined.len() <= WHOLE || paragraphs.is_empty() {
         return collapse(&joined);
     }
-    // Material pasted without blank lines (a log, a CSV, unfenced code) is one paragraph: then its
-    // first and last lines are the ends (the request sits on one of them), not its first 240 bytes,
-    // which would be the request plus the material's first lines.
-    let units: Vec<&str> = if paragraphs.len() == 1 {
-        joined.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
-    } else {
-        paragraphs
-    };
+    let units = or_lines(paragraphs);
     let first = head(units[0], END);
-    let last = units.last().filter(|_| units.len() > 1).map(|p| tail(p, END)).unwrap_or_else(|| tail(units[0], END));
+    let last = tail(units[units.len() - 1], END);
     collapse(&format!("{first} … {last}"))
+}
+
+/// The non-empty paragraphs of `text`, trimmed.
+fn paragraphs(text: &str) -> Vec<&str> {
+    text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect()
+}
+
+/// The units whose first and last are a text's ends: its paragraphs, or its lines when it is one
+/// paragraph. Material pasted without blank lines (a log, a CSV, unfenced code) is one paragraph,
+/// and the request sits on its first or last line, not in its first or last 240 bytes.
+fn or_lines(paragraphs: Vec<&str>) -> Vec<&str> {
+    match paragraphs.as_slice() {
+        [only] => only.lines().map(str::trim).filter(|l| !l.is_empty()).collect(),
+        _ => paragraphs,
+    }
 }
 
 /// "Do X with this: <pasted material>": when a colon near the start introduces material (several
@@ -67,13 +75,8 @@ fn lead_in(text: &str) -> Option<String> {
     }
     // The request may also come after the material ("Here's our access log:\n…\nWhy the 502s?"):
     // the last paragraph is kept too, or the last line when the material has no blank lines.
-    let rest = rest.trim();
-    let paragraphs: Vec<&str> = rest.split("\n\n").map(str::trim).filter(|p| !p.is_empty()).collect();
-    let closing = match paragraphs.as_slice() {
-        [_, .., last] => Some(tail(last, END)),
-        [only] => only.lines().map(str::trim).rfind(|l| !l.is_empty()).filter(|l| l != only).map(|l| tail(l, END)),
-        [] => None,
-    };
+    let units = or_lines(paragraphs(rest));
+    let closing = units.last().filter(|_| units.len() > 1).map(|last| tail(last, END));
     Some(match closing {
         Some(closing) => format!("{head} … {closing}"),
         None => head.to_string(),
