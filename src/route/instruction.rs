@@ -52,8 +52,8 @@ fn or_lines(paragraphs: Vec<&str>) -> Vec<&str> {
     }
 }
 
-/// "Do X with this: <pasted material>": when a colon near the start introduces material (several
-/// lines, or a long run of text), the words before it are the instruction, plus the end of the
+/// "Do X with this: <pasted material>": when a colon near the start introduces material on the
+/// lines below it, the words before it are the instruction, plus the end of the
 /// material ("…\n\nKeep it under 50 words.", or an introduction's real request at the end).
 fn lead_in(text: &str) -> Option<String> {
     let trimmed = text.trim_start();
@@ -69,9 +69,15 @@ fn lead_in(text: &str) -> Option<String> {
     })?;
     let head = trimmed[..pos].trim();
     let rest = &trimmed[pos + colon.len_utf8()..];
-    let pasted = rest.trim().contains('\n') || rest.trim().len() >= 150;
-    if pos > 300 || head.len() < 8 || !pasted {
+    if pos > 300 || head.len() < 8 {
         return None;
+    }
+    let rest_trimmed = rest.trim();
+    if !rest_trimmed.contains('\n') {
+        // On the same line, only a quotation is material ("into Korean: \"This information…\""),
+        // with any request after it; plain words go on with the request ("prove: for every n…").
+        let after = after_quotation(rest_trimmed)?;
+        return Some(if after.len() >= 12 { format!("{head} … {after}") } else { head.to_string() });
     }
     // The request may also come after the material ("Here's our access log:\n…\nWhy the 502s?"):
     // the last paragraph is kept too, or the last line when the material has no blank lines.
@@ -81,6 +87,17 @@ fn lead_in(text: &str) -> Option<String> {
         Some(closing) => format!("{head} … {closing}"),
         None => head.to_string(),
     })
+}
+
+/// For text that opens with a quotation of at least `QUOTED` bytes, what follows its closing mark.
+fn after_quotation(text: &str) -> Option<&str> {
+    const QUOTED: usize = 100;
+    const PAIRS: [(char, char); 8] =
+        [('"', '"'), ('“', '”'), ('«', '»'), ('„', '“'), ('「', '」'), ('『', '』'), ('\'', '\''), ('‘', '’')];
+    let open = text.chars().next()?;
+    let (_, close) = PAIRS.iter().find(|(o, _)| *o == open)?;
+    let end = text.rfind(*close).filter(|&end| end >= QUOTED)?;
+    Some(text[end + close.len_utf8()..].trim())
 }
 
 fn strip_code_fences(text: &str) -> String {
@@ -159,6 +176,27 @@ mod tests {
             instruction("Question: how do I reverse a list in Python?"),
             "Question: how do I reverse a list in Python?"
         );
+    }
+
+    #[test]
+    fn words_after_a_colon_on_the_same_line_go_on_with_the_request() {
+        let prompt =
+            "我在准备考研数学。请证明：对任意正整数 n，n^3 − n 都能被 6 整除。请给出两种证明方法，每一步都写清楚理由。";
+        assert_eq!(instruction(prompt), prompt);
+        let prompt = "Not asking for SQL here, just the math: the users table has 1,200 rows and I sample 50 without replacement. What's the chance one given user is in the sample?";
+        assert_eq!(instruction(prompt), prompt);
+    }
+
+    #[test]
+    fn a_quotation_after_a_colon_is_material_but_the_request_after_it_is_not() {
+        let quote = "\"This information is provided for general purposes only and does not constitute legal advice of any kind.\"";
+        let prompt = format!("I need this disclaimer in Korean for our footer: {quote}");
+        assert_eq!(instruction(&prompt), "I need this disclaimer in Korean for our footer");
+        let prompt = format!("For the card I wrote: {quote} Please put it into polite Japanese.");
+        assert_eq!(instruction(&prompt), "For the card I wrote … Please put it into polite Japanese.");
+        // A short quotation is read with its request.
+        let prompt = "Выдели ИНН из строки: «ООО Ромашка, ИНН 7701234567, г. Москва»";
+        assert_eq!(instruction(prompt), prompt);
     }
 
     #[test]
