@@ -74,12 +74,24 @@ pub struct RawRoute {
     #[serde(default)]
     pub keywords: Vec<RawKeyword>,
     #[serde(default)]
-    pub regexes: Vec<String>,
+    pub regexes: Vec<RawRegex>,
     #[serde(default)]
     pub examples: Vec<String>,
     /// The cheapest model whose `quality` for this route reaches the floor is chosen.
     pub quality_floor: Option<f64>,
 }
+
+/// A regex, optionally weighted: `"^translate"` (weight 2) or `{ pattern: "don't translate", weight: -4 }`.
+/// A negative weight counts against the route: the tie-breaks ("translate this to Rust" is code).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawRegex {
+    Plain(String),
+    Weighted { pattern: String, weight: f64 },
+}
+
+/// A regex match weighs as much as this many keywords unless the config says otherwise.
+pub const REGEX_WEIGHT: f64 = 2.0;
 
 /// A keyword, optionally weighted: `"traceback"` or `{ text: "select", weight: 0.5 }`.
 #[derive(Debug, Deserialize)]
@@ -145,7 +157,8 @@ pub struct RouteConfig {
     pub model: String,
     pub description: String,
     pub keywords: Vec<(String, f64)>,
-    pub regexes: Vec<String>,
+    /// Patterns with their weights.
+    pub regexes: Vec<(String, f64)>,
     pub examples: Vec<String>,
     pub quality_floor: Option<f64>,
 }
@@ -165,7 +178,15 @@ pub(crate) fn validate(
         if routes.iter().any(|x: &RouteConfig| x.name == r.name) {
             problems.push(at("name"), format!("route {:?} is defined twice", r.name), "give each route its own name");
         }
-        for (j, pattern) in r.regexes.iter().enumerate() {
+        let regexes: Vec<(String, f64)> = r
+            .regexes
+            .into_iter()
+            .map(|raw| match raw {
+                RawRegex::Plain(pattern) => (pattern, REGEX_WEIGHT),
+                RawRegex::Weighted { pattern, weight } => (pattern, weight),
+            })
+            .collect();
+        for (j, (pattern, _)) in regexes.iter().enumerate() {
             if let Err(e) = regex::Regex::new(pattern) {
                 problems.push(at(&format!("regexes[{j}]")), format!("not a valid regex: {e}"), "fix the pattern");
             }
@@ -189,7 +210,7 @@ pub(crate) fn validate(
             model: r.model,
             description: r.description,
             keywords,
-            regexes: r.regexes,
+            regexes,
             examples: r.examples,
             quality_floor: r.quality_floor,
         });

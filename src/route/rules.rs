@@ -7,8 +7,6 @@ use regex::RegexSet;
 
 use crate::config::router::RouteConfig;
 
-/// A regex match weighs as much as this many keywords.
-const REGEX_WEIGHT: f64 = 2.0;
 /// The winner must score at least this multiple of the runner-up.
 const LEAD: f64 = 1.5;
 
@@ -17,7 +15,8 @@ pub struct Rules {
     /// Keyword id → (route, weight, whether it needs word boundaries).
     keyword_info: Vec<(usize, f64, bool)>,
     regexes: Option<RegexSet>,
-    regex_routes: Vec<usize>,
+    /// Regex id → (route, weight).
+    regex_routes: Vec<(usize, f64)>,
     threshold: f64,
     routes: usize,
 }
@@ -44,9 +43,9 @@ impl Rules {
                 patterns.push(text.to_lowercase());
                 keyword_info.push((route, *weight, bounded));
             }
-            for pattern in &config.regexes {
+            for (pattern, weight) in &config.regexes {
                 regex_patterns.push(pattern.clone());
-                regex_routes.push(route);
+                regex_routes.push((route, *weight));
             }
         }
         let keywords = if patterns.is_empty() {
@@ -94,8 +93,9 @@ impl Rules {
         }
         if let Some(set) = &self.regexes {
             for i in set.matches(text).iter() {
-                totals[self.regex_routes[i]] += REGEX_WEIGHT;
-                matched.push(format!("{}:/{}/", names[self.regex_routes[i]], set.patterns()[i]));
+                let (route, weight) = self.regex_routes[i];
+                totals[route] += weight;
+                matched.push(format!("{}:/{}/", names[route], set.patterns()[i]));
             }
         }
         let mut scores: Vec<(usize, f64)> = totals.into_iter().enumerate().filter(|(_, s)| *s > 0.0).collect();
@@ -115,13 +115,13 @@ impl Rules {
 mod tests {
     use super::*;
 
-    fn route(name: &str, keywords: &[(&str, f64)], regexes: &[&str]) -> RouteConfig {
+    fn route(name: &str, keywords: &[(&str, f64)], regexes: &[(&str, f64)]) -> RouteConfig {
         RouteConfig {
             name: name.into(),
             model: "m".into(),
             description: String::new(),
             keywords: keywords.iter().map(|(k, w)| (k.to_string(), *w)).collect(),
-            regexes: regexes.iter().map(|r| r.to_string()).collect(),
+            regexes: regexes.iter().map(|(r, w)| (r.to_string(), *w)).collect(),
             examples: Vec::new(),
             quality_floor: None,
         }
@@ -132,7 +132,7 @@ mod tests {
         let routes = vec![
             route("math", &[("sum", 1.0), ("integral", 2.0)], &[]),
             route("summarization", &[("summarize", 2.0), ("tl;dr", 2.0), ("总结", 2.0)], &[]),
-            route("sql", &[], &[r"(?i)\bselect\b.+\bfrom\b"]),
+            route("sql", &[], &[(r"(?i)\bselect\b.+\bfrom\b", 2.0)]),
         ];
         let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
         let rules = Rules::new(&routes, 2.0).unwrap();
@@ -146,5 +146,20 @@ mod tests {
         assert_eq!(rules.decide(&rules.score("select name from users where id = 1", &names)), Some(2));
         let tie = rules.score("summarize this integral", &names);
         assert_eq!(rules.decide(&tie), None, "no clear lead");
+    }
+
+    #[test]
+    fn a_negative_regex_weight_counts_against_its_route() {
+        let routes = vec![
+            route("translation", &[("translate", 1.0)], &[("(?i)^translate", 2.0), (r"(?i)\binto (rust|go)\b", -4.0)]),
+            route("code", &[("rust", 1.0)], &[]),
+        ];
+        let names: Vec<String> = routes.iter().map(|r| r.name.clone()).collect();
+        let rules = Rules::new(&routes, 3.0).unwrap();
+        assert_eq!(rules.decide(&rules.score("translate this into French", &names)), Some(0));
+        let vetoed = rules.score("translate this into Rust", &names);
+        assert_eq!(vetoed.scores, vec![(1, 1.0)], "translation drops out: {vetoed:?}");
+        assert!(vetoed.matched.iter().any(|m| m.starts_with("translation:/")), "the veto is explained");
+        assert_eq!(rules.decide(&vetoed), None);
     }
 }
