@@ -416,3 +416,47 @@ async fn the_shipped_routing_example_routes_plain_requests_in_several_languages(
         assert_eq!(trace["route"], route, "{prompt}: {trace}");
     }
 }
+
+#[tokio::test]
+async fn the_shipped_rules_apply_the_labelling_tie_breaks_over_http() {
+    if !local_model_present() {
+        return;
+    }
+    let yaml = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/routing.yaml"))
+        .unwrap();
+    let config =
+        Config::parse("examples/routing.yaml", &yaml, &|_| Some("dummy-key".into())).unwrap_or_else(|e| panic!("{e}"));
+    let server =
+        RunningServer::start(Gateway::new(config, None).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let http = reqwest::Client::new();
+    // Each opens with another route's verb ("translate", "summarize", "extract"); weighted regexes,
+    // negative for the verb's route, let the rules tier decide by datasets/router/README.md's rules.
+    for (prompt, route) in [
+        (
+            "translate this function into idiomatic Go, keep the error handling:\n\ndef double(x):\n    return x * 2",
+            "code",
+        ),
+        ("Turn this word problem into an equation and solve it: a number doubled plus 7 is 31", "math_reasoning"),
+        (
+            "Summarize this receipt into these JSON fields: store, date, total\n\nACME MART 2024-05-01\nMilk 2.50\nTOTAL 2.50",
+            "extraction",
+        ),
+        ("Extrahiere mit einer SQL-Abfrage alle Bestellungen über 100 Euro aus der Tabelle orders", "sql"),
+    ] {
+        let trace = explain(&http, &server, prompt).await;
+        assert_eq!(
+            (trace["route"].as_str(), trace["tier"].as_str()),
+            (Some(route), Some("keyword")),
+            "{prompt}: {trace}"
+        );
+    }
+    // "Don't translate" takes translation out of the running (language identification is extraction).
+    let trace = explain(
+        &http,
+        &server,
+        "Übersetze nichts, sag mir nur, welche Sprache jeder Satz ist:\n1. Ik ben moe.\n2. Estoy cansado.",
+    )
+    .await;
+    assert_ne!(trace["route"], "translation", "{trace}");
+    assert!(trace["keyword"]["matched"].to_string().contains("translation:/"), "the veto is in the trace: {trace}");
+}
