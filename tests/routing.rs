@@ -385,8 +385,10 @@ router:
     assert_eq!(gated.calls.load(std::sync::atomic::Ordering::SeqCst), 1, "the examples are embedded once, in one call");
 }
 
+/// One gateway for the shipped example: on a machine without the vector store its ~4,100 examples
+/// are embedded first, which a debug build takes minutes for, so every check on it shares the start.
 #[tokio::test]
-async fn the_shipped_routing_example_routes_plain_requests_in_several_languages() {
+async fn the_shipped_routing_example_routes_by_the_labelling_rules_in_several_languages() {
     if !local_model_present() {
         return;
     }
@@ -415,20 +417,6 @@ async fn the_shipped_routing_example_routes_plain_requests_in_several_languages(
         let trace = explain(&http, &server, prompt).await;
         assert_eq!(trace["route"], route, "{prompt}: {trace}");
     }
-}
-
-#[tokio::test]
-async fn the_shipped_rules_apply_the_labelling_tie_breaks_over_http() {
-    if !local_model_present() {
-        return;
-    }
-    let yaml = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/routing.yaml"))
-        .unwrap();
-    let config =
-        Config::parse("examples/routing.yaml", &yaml, &|_| Some("dummy-key".into())).unwrap_or_else(|e| panic!("{e}"));
-    let server =
-        RunningServer::start(Gateway::new(config, None).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let http = reqwest::Client::new();
     // Each opens with another route's verb ("translate", "summarize", "extract"); weighted regexes,
     // negative for the verb's route, let the rules tier decide by datasets/router/README.md's rules.
     for (prompt, route) in [
@@ -451,12 +439,8 @@ async fn the_shipped_rules_apply_the_labelling_tie_breaks_over_http() {
         );
     }
     // "Don't translate" takes translation out of the running (language identification is extraction).
-    let trace = explain(
-        &http,
-        &server,
-        "Übersetze nichts, sag mir nur, welche Sprache jeder Satz ist:\n1. Ik ben moe.\n2. Estoy cansado.",
-    )
-    .await;
+    let prompt = "Übersetze nichts, sag mir nur, welche Sprache jeder Satz ist:\n1. Ik ben moe.\n2. Estoy cansado.";
+    let trace = explain(&http, &server, prompt).await;
     assert_ne!(trace["route"], "translation", "{trace}");
     assert!(trace["keyword"]["matched"].to_string().contains("translation:/"), "the veto is in the trace: {trace}");
 }
