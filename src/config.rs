@@ -1208,6 +1208,26 @@ mod tests {
     }
 
     #[test]
+    fn a_mistyped_weighted_rule_says_what_shape_is_expected() {
+        let base = "providers:\n  m: { kind: mock }\nmodels:\n  a: { deployments: [ { provider: m, model: a } ] }\nrouter:\n  default: r\n";
+        for (route, expected) in [
+            (
+                "regexes: [ { pattern: x, weigth: 2 } ]",
+                "router.routes[0].regexes[0]: expected a regex string or { pattern: \"…\", weight: <number> }",
+            ),
+            (
+                "keywords: [ { txt: x, weight: 2 } ]",
+                "router.routes[0].keywords[0]: expected a keyword string or { text: \"…\", weight: <number> }",
+            ),
+        ] {
+            let yaml = format!("{base}  routes: [ {{ name: r, model: a, description: d, {route} }} ]\n");
+            let text = parse(&yaml).unwrap_err().to_string();
+            assert!(text.contains(expected), "{route}: {text}");
+            assert!(!text.contains("untagged"), "{text}");
+        }
+    }
+
+    #[test]
     fn preset_fills_base_url() {
         let config = parse("providers:\n  local: { kind: openai_compatible, preset: ollama }\n").unwrap();
         assert_eq!(config.providers["local"].base_url, "http://127.0.0.1:11434/v1");

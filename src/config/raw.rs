@@ -38,7 +38,7 @@ pub struct RawServer {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a byte count or a size such as \"10MiB\"")]
 pub enum SizeValue {
     Bytes(u64),
     Text(String),
@@ -204,7 +204,7 @@ pub struct RawRetry {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a model name or { model: <name>, on: [...], on_status: [...] }")]
 pub enum RawFallback {
     Model(String),
     Rule(RawFallbackRule),

@@ -84,7 +84,7 @@ pub struct RawRoute {
 /// A regex, optionally weighted: `"^translate"` (weight 2) or `{ pattern: "don't translate", weight: -4 }`.
 /// A negative weight counts against the route: the tie-breaks ("translate this to Rust" is code).
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a regex string or { pattern: \"…\", weight: <number> }")]
 pub enum RawRegex {
     Plain(String),
     Weighted { pattern: String, weight: f64 },
@@ -95,7 +95,7 @@ pub const REGEX_WEIGHT: f64 = 2.0;
 
 /// A keyword, optionally weighted: `"traceback"` or `{ text: "select", weight: 0.5 }`.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, expecting = "expected a keyword string or { text: \"…\", weight: <number> }")]
 pub enum RawKeyword {
     Plain(String),
     Weighted { text: String, weight: f64 },
