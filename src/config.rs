@@ -1188,9 +1188,12 @@ mod tests {
         assert_eq!(embedding.model_dir, std::path::PathBuf::from("models/multilingual-e5-small"));
         assert_eq!(embedding.scoring, router::Scoring::Linear);
         assert_eq!((embedding.min_score, embedding.margin, embedding.max_tokens), (0.5, 0.1, 48));
+        assert_eq!(embedding.lexical_weight, 1.0, "linear scoring blends in the n-gram classifier");
         let with = |line: &str| parse(&format!("{base}  embedding: {{ {line} }}\n"));
         let legacy = with("scoring: nearest, min_similarity: 0.3").unwrap();
-        assert_eq!(legacy.router.unwrap().embedding.min_score, 0.3);
+        assert_eq!(legacy.router.as_ref().unwrap().embedding.min_score, 0.3);
+        assert_eq!(legacy.router.unwrap().embedding.lexical_weight, 0.0, "nothing to blend with similarities");
+        assert_eq!(with("lexical_weight: 0").unwrap().router.unwrap().embedding.lexical_weight, 0.0);
         for (line, expected) in [
             (
                 "scoring: knn",
@@ -1201,6 +1204,11 @@ mod tests {
                 "router.embedding.model: \"bert-large\" is neither a local embedding model nor a model in `models:`",
             ),
             ("max_tokens: 4", "router.embedding.max_tokens: 4 is outside 8..=512"),
+            ("lexical_weight: -1", "router.embedding.lexical_weight: -1 is outside 0..=4"),
+            (
+                "scoring: centroid, lexical_weight: 1",
+                "router.embedding.lexical_weight: the n-gram classifier is blended with `scoring: linear` only",
+            ),
         ] {
             let text = with(line).unwrap_err().to_string();
             assert!(text.contains(expected), "{line}: {text}");

@@ -13,6 +13,7 @@ pub mod embed;
 pub mod eval;
 pub mod instruction;
 mod linear;
+mod ngram;
 pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};
@@ -53,6 +54,8 @@ struct ExampleIndex {
     /// (route, example utterance).
     examples: Vec<(usize, String)>,
     scoring: Scoring,
+    /// How much the character n-gram classifier counts next to the embedding one (`linear`).
+    lexical_weight: f64,
     routes: usize,
 }
 
@@ -72,7 +75,16 @@ impl ExampleIndex {
             self.embedder.embed_examples(&texts).map_err(|e| format!("cannot embed the router's examples: {e}"))?
         };
         let vectors: Vec<(usize, Vec<f32>)> = self.examples.iter().map(|(r, _)| *r).zip(vectors).collect();
-        let scorer = Scorer::build(self.scoring, vectors, self.routes, self.embedder.dim(), self.embedder.parts())?;
+        let texts: Vec<(usize, &str)> = self.examples.iter().map(|(r, t)| (*r, t.as_str())).collect();
+        let scorer = Scorer::build(
+            self.scoring,
+            self.lexical_weight,
+            vectors,
+            &texts,
+            self.routes,
+            self.embedder.dim(),
+            self.embedder.parts(),
+        )?;
         Ok(self.scorer.get_or_init(|| scorer))
     }
 }
@@ -107,14 +119,17 @@ enum Scorer {
     Nearest(Vec<(usize, Vec<f32>)>),
     /// Per route: the normalised mean of its examples (`None` for a route without examples).
     Centroid(Vec<Option<Vec<f32>>>),
-    /// A softmax classifier trained on the examples.
-    Linear(linear::Softmax),
+    /// A softmax classifier trained on the example vectors, blended with one trained on their
+    /// character n-grams when the weight is above 0.
+    Linear(linear::Softmax, Option<(ngram::CharNgrams, f64)>),
 }
 
 impl Scorer {
     fn build(
         scoring: Scoring,
+        lexical_weight: f64,
         vectors: Vec<(usize, Vec<f32>)>,
+        texts: &[(usize, &str)],
         routes: usize,
         dim: usize,
         parts: usize,
@@ -135,18 +150,41 @@ impl Scorer {
                     })
                     .collect(),
             ),
-            Scoring::Linear => Scorer::Linear(
-                linear::Softmax::train(&vectors, routes, parts)
-                    .map_err(|e| format!("cannot train the router's classifier: {e}"))?,
-            ),
+            Scoring::Linear => {
+                // Two independent trainings of ~0.5 s each: side by side on two cores.
+                let (softmax, lexical) = std::thread::scope(|scope| {
+                    let lexical = (lexical_weight > 0.0)
+                        .then(|| scope.spawn(|| (ngram::CharNgrams::train(texts, routes), lexical_weight)));
+                    let softmax = linear::Softmax::train(&vectors, routes, parts);
+                    (softmax, lexical.map(|handle| handle.join()))
+                });
+                let lexical = match lexical {
+                    Some(Ok(model)) => Some(model),
+                    Some(Err(_)) => return Err("training the router's n-gram classifier panicked".into()),
+                    None => None,
+                };
+                Scorer::Linear(softmax.map_err(|e| format!("cannot train the router's classifier: {e}"))?, lexical)
+            }
         })
     }
 
-    /// Each route's score for a unit `query` vector (`f64::MIN` for a route it cannot score).
-    fn scores(&self, query: &[f32], routes: usize) -> Vec<f64> {
+    /// Each route's score for `text` and its unit `query` vector (`f64::MIN` for a route it
+    /// cannot score), and for a blend the scores of each of its two classifiers.
+    fn scores(&self, text: &str, query: &[f32], routes: usize) -> (Vec<f64>, Option<[Vec<f64>; 2]>) {
         let mut best = vec![f64::MIN; routes];
         match self {
-            Scorer::Linear(model) => best = model.probabilities(query),
+            Scorer::Linear(model, None) => best = model.probabilities(query),
+            Scorer::Linear(model, Some((lexical, weight))) => {
+                // A weighted product of the two distributions, renormalised: p ∝ p_emb · p_lex^w.
+                let embedding = model.probabilities(query);
+                let lexical: Vec<f64> = lexical.probabilities(text).into_iter().map(f64::from).collect();
+                let logits: Vec<f64> =
+                    embedding.iter().zip(&lexical).map(|(e, l)| e.max(1e-9).ln() + weight * l.max(1e-9).ln()).collect();
+                let peak = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = logits.iter().map(|l| (l - peak).exp()).sum();
+                let blend = logits.iter().map(|l| (l - peak).exp() / total).collect();
+                return (blend, Some([embedding, lexical]));
+            }
             Scorer::Centroid(centroids) => {
                 for (route, centroid) in centroids.iter().enumerate() {
                     if let Some(c) = centroid {
@@ -160,7 +198,7 @@ impl Scorer {
                 }
             }
         }
-        best
+        (best, None)
     }
 }
 
@@ -176,6 +214,10 @@ pub struct TierTrace {
     pub micros: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// For a blended tier, the best routes of each classifier in the blend (`embedding`,
+    /// `char_ngrams`), so a trace shows which of them carried the decision.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub components: BTreeMap<&'static str, Vec<(String, f64)>>,
 }
 
 /// A routing decision and why.
@@ -255,6 +297,7 @@ impl Router {
                     building: Mutex::new(()),
                     examples,
                     scoring: config.embedding.scoring,
+                    lexical_weight: config.embedding.lexical_weight,
                     routes: names.len(),
                 };
                 let index = Arc::new(index);
@@ -334,7 +377,7 @@ impl Router {
                 scores: top3(&scores.scores, &self.names),
                 matched: scores.matched,
                 micros: started.elapsed().as_micros() as u64,
-                note: None,
+                ..TierTrace::default()
             };
             if let Some(route) = choice {
                 decision.runner_up = scores.scores.get(1).map(|(i, _)| self.names[*i].clone());
@@ -363,7 +406,17 @@ impl Router {
                 return;
             }
         };
-        let best = scorer.scores(&query, self.names.len());
+        let (best, blended) = scorer.scores(&decision.instruction, &query, self.names.len());
+        let ranked = |scores: &[f64]| {
+            let mut ranked: Vec<(usize, f64)> = scores.iter().copied().enumerate().collect();
+            ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+            top3(&ranked, &self.names)
+        };
+        let components = blended
+            .map(|[embedding, lexical]| {
+                BTreeMap::from([("embedding", ranked(&embedding)), ("char_ngrams", ranked(&lexical))])
+            })
+            .unwrap_or_default();
         let mut scores: Vec<(usize, f64)> = best.into_iter().enumerate().filter(|(_, s)| *s > f64::MIN).collect();
         scores.sort_by(|a, b| b.1.total_cmp(&a.1));
         let cfg = &self.config.embedding;
@@ -381,6 +434,7 @@ impl Router {
             matched: Vec::new(),
             micros: started.elapsed().as_micros() as u64,
             note: None,
+            components,
         };
         if let Some(route) = choice {
             decision.runner_up = scores.get(1).map(|(i, _)| self.names[*i].clone());
@@ -435,9 +489,9 @@ impl Router {
             ran: true,
             decided: choice.is_some(),
             scores: choice.map(|i| vec![(self.names[i].clone(), 1.0)]).unwrap_or_default(),
-            matched: Vec::new(),
             micros,
             note,
+            ..TierTrace::default()
         };
         if let Some(route) = choice {
             self.settle(decision, route, "classifier");

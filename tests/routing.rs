@@ -443,4 +443,12 @@ async fn the_shipped_routing_example_routes_by_the_labelling_rules_in_several_la
     let trace = explain(&http, &server, prompt).await;
     assert_ne!(trace["route"], "translation", "{trace}");
     assert!(trace["keyword"]["matched"].to_string().contains("translation:/"), "the veto is in the trace: {trace}");
+
+    // Typos blur the sentence vector (alone it says extraction); the character n-gram classifier
+    // blended with it still sees "tranlsate" and "japenese", and the trace shows both.
+    let trace = explain(&http, &server, r#"tranlsate "where is the bathroom" to japenese"#).await;
+    assert_eq!((trace["route"].as_str(), trace["tier"].as_str()), (Some("translation"), Some("embedding")), "{trace}");
+    let components = &trace["embedding"]["components"];
+    assert_eq!(components["char_ngrams"][0][0], "translation", "{trace}");
+    assert_ne!(components["embedding"][0][0], "translation", "the embedding classifier alone is wrong here: {trace}");
 }

@@ -52,6 +52,10 @@ pub struct RawEmbeddingTier {
     pub margin: Option<f64>,
     /// Tokens of the instruction the model reads (latency grows with it). Default 48.
     pub max_tokens: Option<usize>,
+    /// `linear` only: how much a classifier over the examples' character n-grams counts next to
+    /// the embedding classifier (its probabilities' exponent in their product). Default 1; 0
+    /// judges by embeddings alone.
+    pub lexical_weight: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +133,9 @@ pub struct EmbeddingTier {
     pub max_tokens: usize,
     pub min_score: f64,
     pub margin: f64,
+    /// `linear` only: the exponent of the character n-gram classifier's probabilities in the
+    /// blend with the embedding classifier's (0 = embeddings alone).
+    pub lexical_weight: f64,
 }
 
 /// The local embedding models the router can run.
@@ -275,6 +282,27 @@ pub(crate) fn validate(
     {
         problems.push("router.embedding.max_tokens", format!("{n} is outside 8..=512"), "use e.g. 48");
     }
+    let lexical_weight = match embedding.lexical_weight {
+        Some(w) if !(0.0..=4.0).contains(&w) => {
+            problems.push(
+                "router.embedding.lexical_weight",
+                format!("{w} is outside 0..=4"),
+                "use e.g. 1, or 0 to turn it off",
+            );
+            0.0
+        }
+        Some(w) if w > 0.0 && scoring != Scoring::Linear => {
+            problems.push(
+                "router.embedding.lexical_weight",
+                "the n-gram classifier is blended with `scoring: linear` only",
+                "remove lexical_weight or use scoring: linear",
+            );
+            0.0
+        }
+        Some(w) => w,
+        None if scoring == Scoring::Linear => 1.0,
+        None => 0.0,
+    };
     let (default_min, default_margin) = if scoring == Scoring::Linear { (0.5, 0.1) } else { (0.45, 0.04) };
     let model_name = raw.model_name.unwrap_or_else(|| "auto".into());
     if model_exists(&model_name) {
@@ -297,6 +325,7 @@ pub(crate) fn validate(
             max_tokens: embedding.max_tokens.unwrap_or(48),
             min_score: embedding.min_score.unwrap_or(default_min),
             margin: embedding.margin.unwrap_or(default_margin),
+            lexical_weight,
         },
         classifier: ClassifierTier {
             enabled: classifier.enabled.unwrap_or(true) && classifier.model.is_some(),
