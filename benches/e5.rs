@@ -1,5 +1,6 @@
 //! multilingual-e5-small (the router's builtin model) on one core: load time, RSS, and single-query
-//! latency p50/p99 by input length, with the int8 kernel this CPU runs.
+//! latency p50/p99 by input length, with the int8 kernel this CPU runs; and the character n-gram
+//! classifier blended with it: training time on examples/routing.yaml's examples, query latency.
 //!
 //! Run: `scripts/fetch-model.sh && cargo bench --bench e5`. Prints a table; writes nothing.
 
@@ -8,13 +9,14 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use llm_gateway::route::embed::{E5_NAME, E5Small, EmbedError, Embedder, int8_kernel};
+use llm_gateway::route::embed::{E5_NAME, E5Small, Embedder, int8_kernel};
+use llm_gateway::route::ngram::CharNgrams;
 
 fn main() {
     common::main_with("e5", run);
 }
 
-fn run() -> Result<(), EmbedError> {
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(E5_NAME);
     println!("load average at start: {}", common::loadavg());
     let started = Instant::now();
@@ -47,6 +49,43 @@ fn run() -> Result<(), EmbedError> {
         let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e3;
         println!("| {tokens} | {n} | {:.2} ms | {:.2} ms |", pct(0.5), pct(0.99));
     }
+    char_ngrams()?;
     println!("load average after: {}", common::loadavg());
+    Ok(())
+}
+
+/// The n-gram classifier is trained at every config load (beside the embedding softmax) and asked
+/// once per prompt the embedding tier judges.
+fn char_ngrams() -> Result<(), String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let yaml = std::fs::read_to_string(root.join("examples/routing.yaml"))
+        .map_err(|e| format!("examples/routing.yaml: {e}"))?;
+    let config = llm_gateway::config::Config::parse("examples/routing.yaml", &yaml, &|_| Some("dummy".into()))
+        .map_err(|e| e.to_string())?;
+    let router = config.router.ok_or("examples/routing.yaml has no router")?;
+    let examples: Vec<(usize, &str)> =
+        router.routes.iter().enumerate().flat_map(|(i, r)| r.examples.iter().map(move |e| (i, e.as_str()))).collect();
+    let started = Instant::now();
+    let model = CharNgrams::train(&examples, router.routes.len());
+    println!(
+        "\nchar n-grams: trained on {} examples in {:.0} ms",
+        examples.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    println!("\n| instruction | n | p50 | p99 |\n|---|---|---|---|");
+    let long = "Summarise this incident report for the on-call channel in three bullets, no blame: ".repeat(7);
+    for (name, text) in [("short (41 B)", "write a haiku about a failing CI pipeline"), ("long (510 B)", &long[..510])]
+    {
+        let n = 2000;
+        let mut times: Vec<Duration> = Vec::with_capacity(n);
+        for _ in 0..n {
+            let started = Instant::now();
+            std::hint::black_box(model.probabilities(std::hint::black_box(text)));
+            times.push(started.elapsed());
+        }
+        times.sort();
+        let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e6;
+        println!("| {name} | {n} | {:.0} µs | {:.0} µs |", pct(0.5), pct(0.99));
+    }
     Ok(())
 }

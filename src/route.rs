@@ -13,7 +13,7 @@ pub mod embed;
 pub mod eval;
 pub mod instruction;
 mod linear;
-mod ngram;
+pub mod ngram;
 pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};

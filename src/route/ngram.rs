@@ -9,8 +9,9 @@
 //! space-padded, lower-cased word, hashed into [`BUCKETS`] buckets (no vocabulary to store), and
 //! the row is scaled to unit length.
 
-/// Hash buckets (2^18): 8 MB of weights for 8 routes; 2^17 and 2^19 cost or gain nothing
-/// measurable on the 4,131 examples of examples/routing.yaml.
+/// Hash buckets (2^18, 2 MB of per-bucket tables). examples/routing.yaml has ~250,000 distinct
+/// n-grams, ~92,000 of them in two examples or more (the ones that get a weight row), so some
+/// share a bucket; a vocabulary without collisions (scikit-learn) scored the same.
 const BUCKETS: usize = 1 << 18;
 const SHORTEST: usize = 2;
 const LONGEST: usize = 5;
@@ -21,30 +22,52 @@ const EPOCHS: usize = 60;
 const BATCH: usize = 32;
 const LEARNING_RATE: f32 = 8.0;
 
-/// A text's features: (bucket, weight) sorted by bucket, unit length.
+/// A text's features: (bucket or weight row, value) sorted by bucket.
 type Features = Vec<(u32, f32)>;
 
+/// A bucket without a weight row: seen in fewer than [`MIN_EXAMPLES`] examples.
+const NO_ROW: u32 = u32::MAX;
+/// N-grams of a single example are mostly that example's names and numbers: learning them costs
+/// two thirds of the rows and their training time for nothing measurable on the development sets.
+const MIN_EXAMPLES: u32 = 2;
+
 pub struct CharNgrams {
-    /// `[bucket][route]`.
+    /// `[row][route]`: rows for the buckets seen in at least [`MIN_EXAMPLES`] examples only, so
+    /// the table stays small enough for the CPU caches while training.
     weights: Vec<f32>,
     bias: Vec<f32>,
-    /// Inverse document frequency per bucket (smoothed, so unseen buckets weigh most).
+    /// Per bucket: its weight row or [`NO_ROW`].
+    rows: Vec<u32>,
+    /// Per bucket: inverse document frequency (smoothed). Buckets without a row still count in a
+    /// text's length, so a prompt of mostly unfamiliar n-grams gets a milder opinion.
     idf: Vec<f32>,
     routes: usize,
 }
 
 impl CharNgrams {
-    /// Trains on `(route, text)` pairs. Deterministic: zero start, a fixed shuffle.
+    /// Trains on `(route, text)` pairs. Deterministic: zero start, a fixed shuffle. ~0.8 s for the
+    /// 4,131 examples of examples/routing.yaml.
     pub fn train(examples: &[(usize, &str)], routes: usize) -> Self {
         let counts: Vec<Features> = examples.iter().map(|(_, text)| counts(text)).collect();
         let mut document_frequency = vec![0u32; BUCKETS];
         counts.iter().flatten().for_each(|(bucket, _)| document_frequency[*bucket as usize] += 1);
         let documents = examples.len() as f32;
         let idf = document_frequency.iter().map(|df| ((1.0 + documents) / (1.0 + *df as f32)).ln() + 1.0).collect();
-        let mut model = Self { weights: vec![0.0; BUCKETS * routes], bias: vec![0.0; routes], idf, routes };
-        let rows: Vec<Features> = counts.into_iter().map(|c| model.weigh(c)).collect();
+        let mut kept = 0u32;
+        let rows = document_frequency
+            .iter()
+            .map(|&df| {
+                if df < MIN_EXAMPLES {
+                    return NO_ROW;
+                }
+                kept += 1;
+                kept - 1
+            })
+            .collect();
+        let mut model = Self { weights: vec![0.0; kept as usize * routes], bias: vec![0.0; routes], rows, idf, routes };
+        let features: Vec<Features> = counts.into_iter().map(|c| model.weigh(c)).collect();
 
-        let mut order: Vec<usize> = (0..rows.len()).collect();
+        let mut order: Vec<usize> = (0..features.len()).collect();
         let mut rng = 0x9E37_79B9_7F4A_7C15u64;
         let mut gradients = vec![0f32; BATCH * routes];
         let mut probabilities = vec![0f32; routes];
@@ -52,16 +75,16 @@ impl CharNgrams {
             shuffle(&mut order, &mut rng);
             for batch in order.chunks(BATCH) {
                 // Every gradient in a batch comes from the same weights, then all are applied.
-                for (&row, gradient) in batch.iter().zip(gradients.chunks_exact_mut(routes)) {
-                    model.probabilities_into(&rows[row], &mut probabilities);
-                    let step = LEARNING_RATE / batch.len() as f32;
+                let step = LEARNING_RATE / batch.len() as f32;
+                for (&example, gradient) in batch.iter().zip(gradients.chunks_exact_mut(routes)) {
+                    model.probabilities_into(&features[example], &mut probabilities);
                     for (route, (g, p)) in gradient.iter_mut().zip(&probabilities).enumerate() {
-                        *g = step * (p - f32::from(u8::from(examples[row].0 == route)));
+                        *g = step * (p - f32::from(u8::from(examples[example].0 == route)));
                     }
                 }
-                for (&row, gradient) in batch.iter().zip(gradients.chunks_exact(routes)) {
-                    for &(bucket, x) in &rows[row] {
-                        let weights = &mut model.weights[bucket as usize * routes..][..routes];
+                for (&example, gradient) in batch.iter().zip(gradients.chunks_exact(routes)) {
+                    for &(row, x) in &features[example] {
+                        let weights = &mut model.weights[row as usize * routes..][..routes];
                         weights.iter_mut().zip(gradient).for_each(|(w, g)| *w -= g * x);
                     }
                     model.bias.iter_mut().zip(gradient).for_each(|(b, g)| *b -= g);
@@ -80,8 +103,8 @@ impl CharNgrams {
 
     fn probabilities_into(&self, features: &[(u32, f32)], out: &mut [f32]) {
         out.copy_from_slice(&self.bias);
-        for &(bucket, x) in features {
-            let weights = &self.weights[bucket as usize * self.routes..][..self.routes];
+        for &(row, x) in features {
+            let weights = &self.weights[row as usize * self.routes..][..self.routes];
             out.iter_mut().zip(weights).for_each(|(o, w)| *o += w * x);
         }
         let peak = out.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
@@ -90,12 +113,20 @@ impl CharNgrams {
         out.iter_mut().for_each(|o| *o /= total);
     }
 
-    /// Counts to TF-IDF: sublinear term frequency times idf, scaled to unit length.
-    fn weigh(&self, mut features: Features) -> Features {
-        for (bucket, weight) in &mut features {
-            *weight = (1.0 + weight.ln()) * self.idf[*bucket as usize];
+    /// Bucket counts to (row, TF-IDF) for the buckets with a row: sublinear term frequency times
+    /// idf, divided by the length of the whole text's vector.
+    fn weigh(&self, counts: Features) -> Features {
+        let mut norm = 0f32;
+        let mut features: Features = Vec::with_capacity(counts.len());
+        for (bucket, count) in counts {
+            let weight = (1.0 + count.ln()) * self.idf[bucket as usize];
+            norm += weight * weight;
+            let row = self.rows[bucket as usize];
+            if row != NO_ROW {
+                features.push((row, weight));
+            }
         }
-        let norm = features.iter().map(|(_, w)| w * w).sum::<f32>().sqrt();
+        let norm = norm.sqrt();
         if norm > 0.0 {
             features.iter_mut().for_each(|(_, w)| *w /= norm);
         }
