@@ -187,6 +187,7 @@ mod tests {
             (1, "translate this sentence to German"),
             (1, "translate the menu into French"),
             (1, "请翻译成英文"),
+            (1, "翻译这封邮件"),
         ];
         let model = CharNgrams::train(&examples, 2);
         let p = model.probabilities("Haiku about my cat?");
@@ -194,9 +195,12 @@ mod tests {
         assert!(p[0] > 0.8, "{p:?}");
         assert!(model.probabilities("translating a letter to Spanish")[1] > 0.8);
         assert!(model.probabilities("把这句话翻译成日文")[1] > 0.6);
-        // Nothing in common with either route: no strong opinion.
-        let unknown = model.probabilities("zzz");
-        assert!(unknown.iter().all(|p| *p < 0.8), "{unknown:?}");
+        // Nothing in common with either route, or only n-grams of a single example ("俳句を書いて"):
+        // no strong opinion.
+        for text in ["zzz", "俳句"] {
+            let p = model.probabilities(text);
+            assert!(p.iter().all(|p| *p < 0.8), "{text}: {p:?}");
+        }
     }
 
     #[test]
