@@ -3,7 +3,7 @@
 //! embedding classifier's (`Scorer::Linear`). A sentence vector blurs the words a request is made
 //! of into its topic; n-grams keep them ("haiku", "TL;DR", "als JSON", "翻译", "HAVING") in any
 //! script, and word stems survive typos and inflection. The two err on different prompts: on
-//! the router's development sets the blend is right 2–3 points more often than either alone.
+//! the router's development sets the blend is right 2.5–5 points more often than either alone.
 //!
 //! Features are TF-IDF weighted counts of the 2- to 5-character n-grams inside each
 //! space-padded, lower-cased word, hashed into [`BUCKETS`] buckets (no vocabulary to store), and
