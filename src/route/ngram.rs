@@ -201,6 +201,8 @@ mod tests {
             let p = model.probabilities(text);
             assert!(p.iter().all(|p| *p < 0.8), "{text}: {p:?}");
         }
+        // N-grams of a single example have no weight row: such a text is judged like an empty one.
+        assert_eq!(model.probabilities("俳句"), model.probabilities(""));
     }
 
     #[test]
