@@ -3,6 +3,7 @@
 //! classifier blended with it: training time on examples/routing.yaml's examples, query latency.
 //!
 //! Run: `scripts/fetch-model.sh && cargo bench --bench e5`. Prints a table; writes nothing.
+//! `E5_BENCH_TOKENS=64` measures that input length only and skips the n-grams (for a profiler).
 
 mod common;
 
@@ -32,7 +33,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n| tokens (with <s>, </s>) | n | p50 | p99 |\n|---|---|---|---|");
     let text = "Écris une fonction Python qui trie une liste de dictionnaires par date, puis explique la complexité. "
         .repeat(40);
-    for tokens in [8, 16, 32, 48, 64, 128] {
+    // `E5_BENCH_TOKENS=64` runs one length only (for a profiler).
+    let only: Option<usize> = std::env::var("E5_BENCH_TOKENS").ok().and_then(|v| v.parse().ok());
+    for tokens in [8, 16, 32, 48, 64, 128].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         let capped = E5Small::load(&dir, tokens)?;
         assert_eq!(capped.token_ids(&text).len(), tokens);
         let n = 200;
@@ -49,7 +52,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e3;
         println!("| {tokens} | {n} | {:.2} ms | {:.2} ms |", pct(0.5), pct(0.99));
     }
-    char_ngrams()?;
+    if only.is_none() {
+        char_ngrams()?;
+    }
     println!("load average after: {}", common::loadavg());
     Ok(())
 }

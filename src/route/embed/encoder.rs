@@ -4,7 +4,7 @@
 //! once per pass, while attention runs per text, so there is no padding and no attention mask. The
 //! router embeds one prompt per request; start-up batches the examples (`e5.rs`).
 
-use super::int8::{Kernel, MAGIC, QuantLinear, QuantRows, kernel};
+use super::int8::{Aligned, Kernel, MAGIC, QuantLinear, QuantRows, kernel};
 
 /// Token means per text: after the middle layer and after the last.
 pub const POOLED_LAYERS: usize = 2;
@@ -276,7 +276,7 @@ trait Products {
 #[derive(Default)]
 struct Int8Products {
     quantized: QuantRows,
-    sums: Vec<i32>,
+    sums: Aligned<i32>,
 }
 
 impl Products for Int8Products {

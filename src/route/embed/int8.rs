@@ -23,12 +23,40 @@ const TILE_ROWS: usize = 16;
 /// Zero point of the unsigned activations: `x ≈ scale × (q - 128)` (see `to_unsigned`).
 const ZERO: i32 = 128;
 
+/// A buffer whose first element sits on a 64-byte boundary, so no row of an AMX tile load or store
+/// straddles two cache lines (unaligned activations made the products ~17 % slower).
+#[derive(Default)]
+pub struct Aligned<T> {
+    raw: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+impl<T: Copy + Default> Aligned<T> {
+    /// Sets the length to `len`; the contents are unspecified afterwards (every caller overwrites them).
+    pub fn resize(&mut self, len: usize) {
+        let slack = 64 / std::mem::size_of::<T>().max(1);
+        self.raw.resize(len + slack, T::default());
+        // Never more than `slack` for an element size dividing 64; capped in case it could not align.
+        self.start = self.raw.as_ptr().align_offset(64).min(slack);
+        self.len = len;
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
 /// `y = x Wᵀ + b` with `W` (`outputs × inputs`) held as int8.
 pub struct QuantLinear {
     inputs: usize,
     outputs: usize,
     /// `[outputs / 64][inputs / 4][64][4]` i8 (stored as u8): one 256-byte step feeds 64 outputs.
-    packed: Vec<u8>,
+    packed: Aligned<u8>,
     /// Per output row: the float value of one int8 unit.
     scale: Vec<f32>,
     /// Per output row: `128 × Σ w`, what the activations' zero point adds to each sum.
@@ -44,7 +72,7 @@ pub struct QuantLinear {
 /// rows' sums are computed and dropped.
 #[derive(Default)]
 pub struct QuantRows {
-    values: Vec<u8>,
+    values: Aligned<u8>,
     scale: Vec<f32>,
     width: usize,
 }
@@ -54,9 +82,9 @@ impl QuantRows {
     #[inline(always)]
     pub fn quantize(&mut self, rows: &[f32], width: usize) {
         self.width = width;
-        self.values.resize((rows.len() / width.max(1)).next_multiple_of(TILE_ROWS) * width, 0);
+        self.values.resize((rows.len() / width.max(1)).next_multiple_of(TILE_ROWS) * width);
         self.scale.clear();
-        for (row, out) in rows.chunks_exact(width).zip(self.values.chunks_exact_mut(width)) {
+        for (row, out) in rows.chunks_exact(width).zip(self.values.as_mut_slice().chunks_exact_mut(width)) {
             let peak = peak_magnitude(row);
             let scale = if peak > 0.0 { peak / 127.0 } else { 1.0 };
             let inverse = 1.0 / scale;
@@ -118,14 +146,13 @@ impl QuantLinear {
             scale.push(s);
             zero_sum.push(ZERO * out.iter().map(|&q| i32::from(q)).sum::<i32>());
         }
-        let mut packed = Vec::with_capacity(weights.len());
-        for group in quantized.chunks_exact(GROUP * inputs) {
-            for step in 0..inputs / STEP {
-                for row in group.chunks_exact(inputs) {
-                    packed.extend(row[step * STEP..][..STEP].iter().map(|&q| q as u8));
-                }
-            }
-        }
+        let mut packed = Aligned::default();
+        packed.resize(weights.len());
+        let order = quantized.chunks_exact(GROUP * inputs).flat_map(|group| {
+            (0..inputs / STEP)
+                .flat_map(move |step| group.chunks_exact(inputs).flat_map(move |row| &row[step * STEP..][..STEP]))
+        });
+        packed.as_mut_slice().iter_mut().zip(order).for_each(|(p, &q)| *p = q as u8);
         Ok(Self {
             inputs,
             outputs,
@@ -144,19 +171,36 @@ impl QuantLinear {
 
     /// `out` (resized to `rows × outputs`) = `x Wᵀ + b`.
     #[inline(always)]
-    pub fn forward(&self, x: &QuantRows, sums: &mut Vec<i32>, out: &mut Vec<f32>) {
+    pub fn forward(&self, x: &QuantRows, sums: &mut Aligned<i32>, out: &mut Vec<f32>) {
+        self.forward_with(kernel(), x, sums, out);
+    }
+
+    #[inline(always)]
+    fn forward_with(&self, kernel: Kernel, x: &QuantRows, sums: &mut Aligned<i32>, out: &mut Vec<f32>) {
         debug_assert_eq!(x.width, self.inputs);
         let rows = x.rows();
         // Every element is written below: resizing without clearing avoids re-zeroing them.
-        sums.resize(rows * self.outputs, 0);
-        product(&x.values, rows, self.inputs, &self.packed, self.outputs, sums);
         out.resize(rows * self.outputs, 0.0);
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        if kernel == Kernel::Amx && self.inputs.is_multiple_of(amx::DEPTH) {
+            let mut sink = Dequantize { linear: self, x_scale: &x.scale, out };
+            // SAFETY: `kernel()` chose AMX only after the CPU check and Linux granted the tile
+            // state; `x.values` is padded to whole tiles of 16 rows (`QuantRows::quantize`).
+            #[allow(unsafe_code)]
+            unsafe {
+                amx::product(x.values.as_slice(), rows, self.inputs, self.packed.as_slice(), self.outputs, &mut sink)
+            };
+            return;
+        }
+        sums.resize(rows * self.outputs);
+        let sums = sums.as_mut_slice();
+        product_with(kernel, x.values.as_slice(), rows, self.inputs, self.packed.as_slice(), self.outputs, sums);
         for ((row_sums, row_out), x_scale) in
             sums.chunks_exact(self.outputs).zip(out.chunks_exact_mut(self.outputs)).zip(&x.scale)
         {
             let parts = row_sums.iter().zip(&self.zero_sum).zip(&self.scale).zip(&self.bias);
             for (y, (((sum, zero), w_scale), b)) in row_out.iter_mut().zip(parts) {
-                *y = (sum - zero) as f32 * (x_scale * w_scale) + b;
+                *y = dequantize(*sum, *zero, *x_scale, *w_scale, *b);
             }
         }
     }
@@ -169,6 +213,64 @@ impl QuantLinear {
             for (w, b) in self.exact.chunks_exact(self.inputs).zip(&self.bias) {
                 out.push(row.iter().zip(w).map(|(a, b)| a * b).sum::<f32>() + b);
             }
+        }
+    }
+}
+
+/// One output from its exact integer sum: every kernel path uses this expression, so all give the
+/// same floats.
+#[inline(always)]
+fn dequantize(sum: i32, zero: i32, x_scale: f32, w_scale: f32, bias: f32) -> f32 {
+    (sum - zero) as f32 * (x_scale * w_scale) + bias
+}
+
+/// Where a kernel that computes 16 × 16 blocks of sums (AMX) puts them.
+trait TileSink {
+    /// Sums for tokens `row..row + valid` (at most 16) × outputs `column..column + 16`.
+    fn tile(&mut self, row: usize, column: usize, valid: usize, sums: &[[i32; 16]; 16]);
+}
+
+/// Turns each block of sums into outputs while it is in L1: the `rows × outputs` i32 sums are never
+/// written out. Storing them and reading them back went through L2/L3 in a real pass (the
+/// attention and feed-forward steps between products evict them), ~1 ms of a 64-token pass.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+struct Dequantize<'a> {
+    linear: &'a QuantLinear,
+    x_scale: &'a [f32],
+    out: &'a mut [f32],
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+impl TileSink for Dequantize<'_> {
+    #[inline(always)]
+    fn tile(&mut self, row: usize, column: usize, valid: usize, sums: &[[i32; 16]; 16]) {
+        let outputs = self.linear.outputs;
+        // Fixed-size arrays, so the rows below compile to whole-register operations.
+        let columns = |v: &'_ [f32]| -> [f32; 16] { std::array::from_fn(|i| v[column + i]) };
+        let (w_scale, bias) = (columns(&self.linear.scale), columns(&self.linear.bias));
+        let zero: [i32; 16] = std::array::from_fn(|i| self.linear.zero_sum[column + i]);
+        for (t, row_sums) in sums.iter().enumerate().take(valid) {
+            let x_scale = self.x_scale[row + t];
+            let start = (row + t) * outputs + column;
+            let Some(out) = self.out.get_mut(start..start + 16).and_then(|o| o.as_mut_array::<16>()) else { return };
+            *out = std::array::from_fn(|i| dequantize(row_sums[i], zero[i], x_scale, w_scale[i], bias[i]));
+        }
+    }
+}
+
+/// Raw sums into a `rows × outputs` slice (the kernel tests compare them exactly).
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+struct RawSums<'a> {
+    outputs: usize,
+    sums: &'a mut [i32],
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+impl TileSink for RawSums<'_> {
+    #[inline(always)]
+    fn tile(&mut self, row: usize, column: usize, valid: usize, sums: &[[i32; 16]; 16]) {
+        for (t, row_sums) in sums.iter().enumerate().take(valid) {
+            self.sums[(row + t) * self.outputs + column..][..16].copy_from_slice(row_sums);
         }
     }
 }
@@ -237,11 +339,7 @@ fn detect_kernel() -> Kernel {
 }
 
 /// `sums[t][o] = Σ_i x[t][i] · w[o][i]` (u8 × i8, exact) for `x` (`rows × inputs`, padded to a
-/// multiple of 16 rows) and packed `w`.
-fn product(x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums: &mut [i32]) {
-    product_with(kernel(), x, rows, inputs, w, outputs, sums);
-}
-
+/// multiple of 16 rows) and packed `w`, with `kernel` (or the next one down where it does not apply).
 fn product_with(kernel: Kernel, x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums: &mut [i32]) {
     assert!(x.len() >= rows * inputs && w.len() == inputs * outputs && sums.len() == rows * outputs);
     let padded = x.len() >= rows.next_multiple_of(TILE_ROWS) * inputs;
@@ -252,7 +350,7 @@ fn product_with(kernel: Kernel, x: &[u8], rows: usize, inputs: usize, w: &[u8], 
         // the tile loads read 16 rows, which the padding (checked here) provides.
         #[allow(unsafe_code)]
         Kernel::Amx if padded && inputs.is_multiple_of(amx::DEPTH) => unsafe {
-            amx::product(padded_x, rows, inputs, w, outputs, sums)
+            amx::product(padded_x, rows, inputs, w, outputs, &mut RawSums { outputs, sums })
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `kernel()` chose these only after detecting the CPU features the functions enable.
@@ -364,12 +462,14 @@ mod avx2 {
 mod amx {
     use std::arch::asm;
 
-    use super::{GROUP, STEP, TILE_ROWS};
+    use super::{GROUP, STEP, TILE_ROWS, TileSink};
 
     /// Inputs per tile multiply: a tile row holds 64 bytes.
     pub(super) const DEPTH: usize = 64;
     /// Bytes between consecutive input steps in the packed weights (64 outputs × 4 inputs).
     const WEIGHT_STRIDE: usize = GROUP * STEP;
+    /// Outputs per tile: a tile row of 16 i32 sums.
+    const COLUMNS: usize = 16;
 
     /// Whether the CPU has AMX-INT8 and Linux lets this process use the tile state (it must be
     /// requested once per process; without it the first tile instruction faults).
@@ -394,68 +494,132 @@ mod amx {
         config
     }
 
-    /// Tiles 0–3 accumulate 16 tokens × 64 outputs (16 each), tile 4 holds 16 tokens × 64 inputs,
-    /// tiles 5–7 take turns holding 64 inputs × 16 outputs of weights.
+    /// Blocks of 16 tokens × 16 outputs accumulate in tiles 0–3, tiles 4–7 hold tokens (16 × 64
+    /// inputs) and weights (64 inputs × 16 outputs); each finished block goes to `sink`.
     ///
     /// # Safety
     /// The CPU has AMX-INT8 and `enable()` succeeded; `x` holds `rows` rounded up to 16 rows of
     /// `inputs` bytes; `inputs` is a multiple of 64; `w` is `QuantLinear::packed` for `inputs` ×
-    /// `outputs`; `sums` holds `rows × outputs`.
-    pub(super) unsafe fn product(x: &[u8], rows: usize, inputs: usize, w: &[u8], outputs: usize, sums: &mut [i32]) {
+    /// `outputs`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn product(
+        x: &[u8],
+        rows: usize,
+        inputs: usize,
+        w: &[u8],
+        outputs: usize,
+        sink: &mut impl TileSink,
+    ) {
         assert!(
             x.len() >= rows.next_multiple_of(TILE_ROWS) * inputs
                 && inputs.is_multiple_of(DEPTH)
                 && w.len() == inputs * outputs
-                && sums.len() == rows * outputs
         );
         let config = config();
-        let mut block = [[0i32; GROUP]; TILE_ROWS];
-        // SAFETY (all blocks below): every tile load reads 16 rows of 64 bytes at the given stride
-        // inside `x` or `w` (bounds asserted above: rows are padded, inputs are whole steps), and
-        // the stores write 16 rows of 64 bytes into `block` (16 × 256 bytes).
-        unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
-        for (group, weights) in w.chunks_exact(GROUP * inputs).enumerate() {
-            for first in (0..rows).step_by(TILE_ROWS) {
-                let tokens = x[first * inputs..].as_ptr();
+        // Finished blocks are stored here (in L1) for the sink.
+        let mut spill = [[0i32; COLUMNS]; TILE_ROWS];
+        macro_rules! store {
+            ($tmm:literal, $row:expr, $col:expr) => {{
+                let (row, col) = ($row, $col);
+                let out = spill.as_mut_ptr().cast::<i32>();
+                // SAFETY: 16 rows of 64 bytes, 64 bytes apart: exactly `spill`.
                 unsafe {
-                    asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-                }
-                for depth in 0..inputs / DEPTH {
-                    let a = tokens.wrapping_add(depth * DEPTH);
-                    let b = weights[depth * (DEPTH / STEP) * WEIGHT_STRIDE..].as_ptr();
+                    asm!(concat!("tilestored [{o} + {s} * 1], tmm", $tmm),
+                        o = in(reg) out, s = in(reg) COLUMNS * 4, options(nostack))
+                };
+                sink.tile(row, col, (rows - row).min(TILE_ROWS), &spill);
+            }};
+        }
+        // SAFETY (the loads below): every tile load reads 16 rows of 64 bytes at the given stride
+        // inside `x` or `w` (bounds asserted above: rows are padded, inputs are whole steps). The
+        // sink's code between the blocks uses no tile registers.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config.as_ptr(), options(nostack, readonly)) };
+        let row_tiles = rows.div_ceil(TILE_ROWS);
+        for (group, weights) in w.chunks_exact(GROUP * inputs).enumerate() {
+            let mut tile = 0;
+            while tile < row_tiles {
+                let first = tile * TILE_ROWS;
+                let tokens = x[first * inputs..].as_ptr();
+                if tile + 1 < row_tiles {
+                    // Two tiles of tokens × two of outputs: each tile loaded feeds two multiplies,
+                    // and the second pair's loads overlap the first pair's multiplies.
+                    let next_tokens = x[(first + TILE_ROWS) * inputs..].as_ptr();
+                    for half in 0..2 {
+                        unsafe {
+                            asm!(
+                                "tilezero tmm0",
+                                "tilezero tmm1",
+                                "tilezero tmm2",
+                                "tilezero tmm3",
+                                options(nostack, nomem)
+                            );
+                        }
+                        for depth in 0..inputs / DEPTH {
+                            let b = weights[depth * DEPTH * GROUP + half * 2 * COLUMNS * STEP..].as_ptr();
+                            unsafe {
+                                asm!(
+                                    "tileloadd tmm4, [{a0} + {a_stride} * 1]",
+                                    "tileloadd tmm6, [{b} + {b_stride} * 1]",
+                                    "tdpbusd tmm0, tmm4, tmm6",
+                                    "tileloadd tmm5, [{a1} + {a_stride} * 1]",
+                                    "tdpbusd tmm2, tmm5, tmm6",
+                                    "tileloadd tmm7, [{b} + {b_stride} * 1 + 64]",
+                                    "tdpbusd tmm1, tmm4, tmm7",
+                                    "tdpbusd tmm3, tmm5, tmm7",
+                                    a0 = in(reg) tokens.wrapping_add(depth * DEPTH),
+                                    a1 = in(reg) next_tokens.wrapping_add(depth * DEPTH),
+                                    a_stride = in(reg) inputs,
+                                    b = in(reg) b,
+                                    b_stride = in(reg) WEIGHT_STRIDE,
+                                    options(nostack, readonly),
+                                );
+                            }
+                        }
+                        let col = group * GROUP + half * 2 * COLUMNS;
+                        store!("0", first, col);
+                        store!("1", first, col + COLUMNS);
+                        store!("2", first + TILE_ROWS, col);
+                        store!("3", first + TILE_ROWS, col + COLUMNS);
+                    }
+                    tile += 2;
+                } else {
+                    // A last, odd tile of tokens: one load of tokens feeds four multiplies.
                     unsafe {
                         asm!(
-                            "tileloadd tmm4, [{a} + {a_stride} * 1]",
-                            "tileloadd tmm5, [{b} + {b_stride} * 1]",
-                            "tdpbusd tmm0, tmm4, tmm5",
-                            "tileloadd tmm6, [{b} + {b_stride} * 1 + 64]",
-                            "tdpbusd tmm1, tmm4, tmm6",
-                            "tileloadd tmm7, [{b} + {b_stride} * 1 + 128]",
-                            "tdpbusd tmm2, tmm4, tmm7",
-                            "tileloadd tmm5, [{b} + {b_stride} * 1 + 192]",
-                            "tdpbusd tmm3, tmm4, tmm5",
-                            a = in(reg) a,
-                            a_stride = in(reg) inputs,
-                            b = in(reg) b,
-                            b_stride = in(reg) WEIGHT_STRIDE,
-                            options(nostack, readonly),
+                            "tilezero tmm0",
+                            "tilezero tmm1",
+                            "tilezero tmm2",
+                            "tilezero tmm3",
+                            options(nostack, nomem)
                         );
                     }
-                }
-                let out = block.as_mut_ptr().cast::<i32>();
-                unsafe {
-                    asm!(
-                        "tilestored [{o} + {stride} * 1], tmm0",
-                        "tilestored [{o} + {stride} * 1 + 64], tmm1",
-                        "tilestored [{o} + {stride} * 1 + 128], tmm2",
-                        "tilestored [{o} + {stride} * 1 + 192], tmm3",
-                        o = in(reg) out,
-                        stride = in(reg) GROUP * 4,
-                        options(nostack),
-                    );
-                }
-                for (t, row) in block.iter().enumerate().take(rows - first) {
-                    sums[(first + t) * outputs + group * GROUP..][..GROUP].copy_from_slice(row);
+                    for depth in 0..inputs / DEPTH {
+                        let b = weights[depth * DEPTH * GROUP..].as_ptr();
+                        unsafe {
+                            asm!(
+                                "tileloadd tmm4, [{a} + {a_stride} * 1]",
+                                "tileloadd tmm5, [{b} + {b_stride} * 1]",
+                                "tdpbusd tmm0, tmm4, tmm5",
+                                "tileloadd tmm6, [{b} + {b_stride} * 1 + 64]",
+                                "tdpbusd tmm1, tmm4, tmm6",
+                                "tileloadd tmm7, [{b} + {b_stride} * 1 + 128]",
+                                "tdpbusd tmm2, tmm4, tmm7",
+                                "tileloadd tmm5, [{b} + {b_stride} * 1 + 192]",
+                                "tdpbusd tmm3, tmm4, tmm5",
+                                a = in(reg) tokens.wrapping_add(depth * DEPTH),
+                                a_stride = in(reg) inputs,
+                                b = in(reg) b,
+                                b_stride = in(reg) WEIGHT_STRIDE,
+                                options(nostack, readonly),
+                            );
+                        }
+                    }
+                    let col = group * GROUP;
+                    store!("0", first, col);
+                    store!("1", first, col + COLUMNS);
+                    store!("2", first, col + 2 * COLUMNS);
+                    store!("3", first, col + 3 * COLUMNS);
+                    tile += 1;
                 }
             }
         }
@@ -558,8 +722,34 @@ mod tests {
                     continue; // this CPU lacks it
                 }
                 let mut sums = vec![0; rows * outputs];
-                product_with(candidate, &x, rows, inputs, &linear.packed, outputs, &mut sums);
+                product_with(candidate, &x, rows, inputs, linear.packed.as_slice(), outputs, &mut sums);
                 assert_eq!(sums, expected, "{candidate:?} {rows}×{inputs}×{outputs}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_kernel_gives_the_same_outputs() {
+        // The AMX path turns sums into outputs block by block (`Dequantize`); the others after the
+        // whole product. Same sums, same expression: the floats must be identical, including the
+        // rows of a last, partial tile and an odd tile after pairs.
+        let mut seed = 5;
+        for (rows, inputs, outputs) in [(1, 64, 64), (5, 384, 128), (17, 128, 192), (40, 384, 64), (64, 1536, 128)] {
+            let w: Vec<f32> = (0..outputs * inputs).map(|_| (random(&mut seed) % 2001) as f32 / 1000.0 - 1.0).collect();
+            let bias: Vec<f32> = (0..outputs).map(|o| o as f32 / 7.0).collect();
+            let x: Vec<f32> = (0..rows * inputs).map(|_| (random(&mut seed) % 2001) as f32 / 100.0 - 10.0).collect();
+            let linear = QuantLinear::new(&w, bias, outputs, inputs).unwrap();
+            let mut q = QuantRows::default();
+            q.quantize(&x, inputs);
+            let (mut sums, mut want) = (Aligned::default(), Vec::new());
+            linear.forward_with(Kernel::Portable, &q, &mut sums, &mut want);
+            for candidate in [Kernel::Avx2, Kernel::Vnni512, Kernel::Amx] {
+                if candidate < kernel() {
+                    continue;
+                }
+                let mut got = Vec::new();
+                linear.forward_with(candidate, &q, &mut sums, &mut got);
+                assert_eq!(got, want, "{candidate:?} {rows}×{inputs}×{outputs}");
             }
         }
     }
@@ -579,7 +769,7 @@ mod tests {
                 continue;
             }
             let mut sums = vec![0; rows * outputs];
-            product_with(candidate, &x, rows, inputs, &linear.packed, outputs, &mut sums);
+            product_with(candidate, &x, rows, inputs, linear.packed.as_slice(), outputs, &mut sums);
             assert_eq!(&sums[..2], &[peak, -peak], "{candidate:?}");
         }
     }
@@ -602,7 +792,7 @@ mod tests {
         let linear = QuantLinear::new(&w, bias, outputs, inputs).unwrap();
         let mut q = QuantRows::default();
         q.quantize(&x, inputs);
-        let (mut sums, mut got, mut want) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut sums, mut got, mut want) = (Aligned::default(), Vec::new(), Vec::new());
         linear.forward(&q, &mut sums, &mut got);
         linear.forward_exact(&x, &mut want);
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).powi(2)).sum::<f32>().sqrt();
