@@ -516,18 +516,21 @@ mod amx {
                 && w.len() == inputs * outputs
         );
         let config = config();
-        // Finished blocks are stored here (in L1) for the sink.
-        let mut spill = [[0i32; COLUMNS]; TILE_ROWS];
+        // Finished blocks are stored here (in L1) for the sink. On a 64-byte line: a stack array of
+        // i32 is only 4-aligned, and then every tile row stored and read back is split in two.
+        #[repr(align(64))]
+        struct Spill([[i32; COLUMNS]; TILE_ROWS]);
+        let mut spill = Spill([[0i32; COLUMNS]; TILE_ROWS]);
         macro_rules! store {
             ($tmm:literal, $row:expr, $col:expr) => {{
                 let (row, col) = ($row, $col);
-                let out = spill.as_mut_ptr().cast::<i32>();
+                let out = spill.0.as_mut_ptr().cast::<i32>();
                 // SAFETY: 16 rows of 64 bytes, 64 bytes apart: exactly `spill`.
                 unsafe {
                     asm!(concat!("tilestored [{o} + {s} * 1], tmm", $tmm),
                         o = in(reg) out, s = in(reg) COLUMNS * 4, options(nostack))
                 };
-                sink.tile(row, col, (rows - row).min(TILE_ROWS), &spill);
+                sink.tile(row, col, (rows - row).min(TILE_ROWS), &spill.0);
             }};
         }
         // SAFETY (the loads below): every tile load reads 16 rows of 64 bytes at the given stride
