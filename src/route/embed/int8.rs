@@ -483,6 +483,16 @@ mod amx {
         tile && int8 && unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) } == 0
     }
 
+    /// Clears the accumulator tiles 0–3 (tile instructions touch no memory or registers of Rust's).
+    ///
+    /// # Safety
+    /// As for `product`, and the tiles are configured (`ldtilecfg`).
+    #[inline(always)]
+    unsafe fn zero_accumulators() {
+        // SAFETY: see the function's contract.
+        unsafe { asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem)) };
+    }
+
     /// Palette 1, all eight tiles 16 rows × 64 bytes.
     fn config() -> [u8; 64] {
         let mut config = [0u8; 64];
@@ -548,15 +558,7 @@ mod amx {
                     // and the second pair's loads overlap the first pair's multiplies.
                     let next_tokens = x[(first + TILE_ROWS) * inputs..].as_ptr();
                     for half in 0..2 {
-                        unsafe {
-                            asm!(
-                                "tilezero tmm0",
-                                "tilezero tmm1",
-                                "tilezero tmm2",
-                                "tilezero tmm3",
-                                options(nostack, nomem)
-                            );
-                        }
+                        unsafe { zero_accumulators() };
                         for depth in 0..inputs / DEPTH {
                             let b = weights[depth * DEPTH * GROUP + half * 2 * COLUMNS * STEP..].as_ptr();
                             unsafe {
@@ -587,15 +589,7 @@ mod amx {
                     tile += 2;
                 } else {
                     // A last, odd tile of tokens: one load of tokens feeds four multiplies.
-                    unsafe {
-                        asm!(
-                            "tilezero tmm0",
-                            "tilezero tmm1",
-                            "tilezero tmm2",
-                            "tilezero tmm3",
-                            options(nostack, nomem)
-                        );
-                    }
+                    unsafe { zero_accumulators() };
                     for depth in 0..inputs / DEPTH {
                         let b = weights[depth * DEPTH * GROUP..].as_ptr();
                         unsafe {
