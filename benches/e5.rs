@@ -33,7 +33,6 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("\n| tokens (with <s>, </s>) | n | p50 | p99 |\n|---|---|---|---|");
     let text = "Écris une fonction Python qui trie une liste de dictionnaires par date, puis explique la complexité. "
         .repeat(40);
-    // `E5_BENCH_TOKENS=64` runs one length only (for a profiler).
     let only: Option<usize> = std::env::var("E5_BENCH_TOKENS").ok().and_then(|v| v.parse().ok());
     for tokens in [8, 16, 32, 48, 64, 128].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
         let capped = E5Small::load(&dir, tokens)?;

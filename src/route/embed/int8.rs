@@ -231,8 +231,9 @@ trait TileSink {
 }
 
 /// Turns each block of sums into outputs while it is in L1: the `rows × outputs` i32 sums are never
-/// written out. Storing them and reading them back went through L2/L3 in a real pass (the
-/// attention and feed-forward steps between products evict them), ~1 ms of a 64-token pass.
+/// written out and read back. In a 64-token pass the products took ~1 ms longer than in a loop of
+/// products alone, and those stored sums were the suspected cause; the e5 bench got 5–12 % faster
+/// with this sink and the 2 × 2 blocks, but the router's eval did not (BENCHMARKS.md, session 5).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 struct Dequantize<'a> {
     linear: &'a QuantLinear,
@@ -251,9 +252,9 @@ impl TileSink for Dequantize<'_> {
         let zero: [i32; 16] = std::array::from_fn(|i| self.linear.zero_sum[column + i]);
         for (t, row_sums) in sums.iter().enumerate().take(valid) {
             let x_scale = self.x_scale[row + t];
-            let start = (row + t) * outputs + column;
-            let Some(out) = self.out.get_mut(start..start + 16).and_then(|o| o.as_mut_array::<16>()) else { return };
-            *out = std::array::from_fn(|i| dequantize(row_sums[i], zero[i], x_scale, w_scale[i], bias[i]));
+            let row_out: [f32; 16] =
+                std::array::from_fn(|i| dequantize(row_sums[i], zero[i], x_scale, w_scale[i], bias[i]));
+            self.out[(row + t) * outputs + column..][..16].copy_from_slice(&row_out);
         }
     }
 }
