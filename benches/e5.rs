@@ -3,7 +3,7 @@
 //! classifier blended with it: training time on examples/routing.yaml's examples, query latency.
 //!
 //! Run: `scripts/fetch-model.sh && cargo bench --bench e5`. Prints a table; writes nothing.
-//! `E5_BENCH_TOKENS=64` measures that input length only and skips the n-grams (for a profiler).
+//! `E5_BENCH_TOKENS=N` (any N ≥ 3) measures that input length only and skips the n-grams (for a profiler).
 
 mod common;
 
@@ -34,7 +34,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let text = "Écris une fonction Python qui trie une liste de dictionnaires par date, puis explique la complexité. "
         .repeat(40);
     let only: Option<usize> = std::env::var("E5_BENCH_TOKENS").ok().and_then(|v| v.parse().ok());
-    for tokens in [8, 16, 32, 48, 64, 128].into_iter().filter(|t| only.is_none_or(|o| o == *t)) {
+    let lengths = only.map_or_else(|| vec![8, 16, 32, 48, 64, 128], |tokens| vec![tokens]);
+    for tokens in lengths {
         let capped = E5Small::load(&dir, tokens)?;
         assert_eq!(capped.token_ids(&text).len(), tokens);
         let n = 200;
@@ -52,6 +53,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("| {tokens} | {n} | {:.2} ms | {:.2} ms |", pct(0.5), pct(0.99));
     }
     if only.is_none() {
+        router_instructions(&dir)?;
         char_ngrams()?;
     }
     println!("load average after: {}", common::loadavg());
@@ -90,6 +92,50 @@ fn char_ngrams() -> Result<(), String> {
         times.sort();
         let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e6;
         println!("| {name} | {n} | {:.0} µs | {:.0} µs |", pct(0.5), pct(0.99));
+    }
+    Ok(())
+}
+
+/// The router's real inputs: holdout3's prompts reduced to their instructions (as tier 2 sees
+/// them), by token count, one after another and again with a 2 ms sleep before each. A server
+/// idles between requests, and a pass after an idle gap is slower (caches and the shared L3 lose
+/// the weights; the e5 table above, one text repeated, is the warm case).
+fn router_instructions(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let model = E5Small::load(dir, 64)?;
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/router/holdout3.jsonl");
+    let rows = llm_gateway::route::eval::read_rows(&std::fs::read_to_string(&data)?, "holdout3.jsonl")?;
+    let instructions: Vec<String> =
+        rows.iter().map(|row| llm_gateway::route::instruction::instruction(&row.prompt)).collect();
+    println!("\nholdout3 instructions (max_tokens 64), per pass:\n");
+    println!("| tokens | n | back to back p50 | p99 | after 2 ms idle p50 | p99 |\n|---|---|---|---|---|---|");
+    let mut times: [std::collections::BTreeMap<usize, Vec<Duration>>; 2] = Default::default();
+    for (pause, by_length) in [Duration::ZERO, Duration::from_millis(2)].into_iter().zip(&mut times) {
+        for _round in 0..3 {
+            for text in &instructions {
+                let bucket = model.token_ids(text).len().div_ceil(16) * 16;
+                std::thread::sleep(pause);
+                let started = Instant::now();
+                std::hint::black_box(model.embed(&[text.as_str()])?);
+                by_length.entry(bucket).or_default().push(started.elapsed());
+            }
+        }
+    }
+    let pct = |times: &mut Vec<Duration>, p: f64| {
+        times.sort();
+        times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e3
+    };
+    let [mut warm, mut idle] = times;
+    for (bucket, warm) in &mut warm {
+        let idle = idle.get_mut(bucket).ok_or("bucket missing")?;
+        println!(
+            "| {}–{bucket} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
+            bucket - 15,
+            warm.len() / 3,
+            pct(warm, 0.5),
+            pct(warm, 0.99),
+            pct(idle, 0.5),
+            pct(idle, 0.99)
+        );
     }
     Ok(())
 }

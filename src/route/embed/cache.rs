@@ -25,8 +25,9 @@ pub struct Memoized {
 // Bumped whenever an encoder's arithmetic changes, so stored vectors never mix with the new ones:
 // 02 int8 encoder (files from the f32 one are ignored and rewritten); 03 fused multiply-adds;
 // 04 7-bit weights; 06 attention rows normalised after the weighted sum, GELU's reciprocal by
-// Newton steps (last-bit differences).
-const STORE_MAGIC: &[u8; 8] = b"LGVEC06\n";
+// Newton steps (last-bit differences); 07 attention rows' exponentials summed in whole 16-lane
+// steps over the padded row.
+const STORE_MAGIC: &[u8; 8] = b"LGVEC07\n";
 
 impl Memoized {
     pub fn new(inner: Arc<dyn Embedder>, store: Option<PathBuf>) -> Self {

@@ -193,11 +193,13 @@ impl Encoder {
                 }
             }
             // Unnormalised: each output row is divided by its row's sum instead (32 values, not
-            // `tokens` probabilities). The padding columns are never read (`weigh_values` stops at
-            // `tokens`).
+            // `tokens` probabilities). The padding columns are set to -∞ so the whole row runs in
+            // 16-lane steps: a scalar tail of up to 15 exponentials per row made a 63-token pass
+            // slower than a 64-token one. They come out as e^-87 (`fast_exp` clamps), below f32
+            // rounding against the row's largest term, 1, and `weigh_values` never reads them.
             for (row, total) in scores.chunks_exact_mut(columns).zip(totals.iter_mut()).take(tokens) {
-                let live = &mut row[..tokens];
-                *total = exp_and_sum::<FUSED>(live, maximum(live));
+                row[tokens..].fill(f32::NEG_INFINITY);
+                *total = exp_and_sum::<FUSED>(row, maximum(row));
             }
             for (quad, weights) in scores.chunks_exact(QUERIES * columns).enumerate() {
                 let acc = weigh_values::<FUSED>(weights, values, columns, tokens);
