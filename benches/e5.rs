@@ -3,6 +3,7 @@
 //! classifier blended with it: training time on examples/routing.yaml's examples, query latency.
 //!
 //! Run: `scripts/fetch-model.sh && cargo bench --bench e5`. Prints a table; writes nothing.
+//! `E5_BENCH_LAYERS=N` runs the first N encoder layers (`router.embedding.layers`; default all).
 //! `E5_BENCH_TOKENS=N` (any N ≥ 3) measures that input length only and skips the n-grams (for a profiler).
 
 mod common;
@@ -36,7 +37,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let only: Option<usize> = std::env::var("E5_BENCH_TOKENS").ok().and_then(|v| v.parse().ok());
     let lengths = only.map_or_else(|| vec![8, 16, 32, 48, 64, 128], |tokens| vec![tokens]);
     for tokens in lengths {
-        let capped = E5Small::load(&dir, tokens)?;
+        let capped = load(&dir, tokens)?;
         assert_eq!(capped.token_ids(&text).len(), tokens);
         let n = 200;
         for _ in 0..10 {
@@ -58,6 +59,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("load average after: {}", common::loadavg());
     Ok(())
+}
+
+/// The model cut to `tokens`, running `E5_BENCH_LAYERS` layers if set.
+fn load(dir: &Path, tokens: usize) -> Result<E5Small, Box<dyn std::error::Error>> {
+    let model = E5Small::load(dir, tokens)?;
+    Ok(match std::env::var("E5_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()) {
+        Some(layers) => model.keep_layers(layers)?,
+        None => model,
+    })
 }
 
 /// The n-gram classifier is trained at every config load (beside the embedding softmax) and asked
@@ -101,7 +111,7 @@ fn char_ngrams() -> Result<(), String> {
 /// idles between requests, and a pass after an idle gap is slower (caches and the shared L3 lose
 /// the weights; the e5 table above, one text repeated, is the warm case).
 fn router_instructions(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
-    let model = E5Small::load(dir, 64)?;
+    let model = load(dir, 64)?;
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("datasets/router/holdout3.jsonl");
     let rows = llm_gateway::route::eval::read_rows(&std::fs::read_to_string(&data)?, "holdout3.jsonl")?;
     let instructions: Vec<String> =

@@ -1194,6 +1194,8 @@ mod tests {
         assert_eq!(legacy.router.as_ref().unwrap().embedding.min_score, 0.3);
         assert_eq!(legacy.router.unwrap().embedding.lexical_weight, 0.0, "nothing to blend with similarities");
         assert_eq!(with("lexical_weight: 0").unwrap().router.unwrap().embedding.lexical_weight, 0.0);
+        assert_eq!(embedding.layers, None, "all layers unless asked");
+        assert_eq!(with("layers: 10").unwrap().router.unwrap().embedding.layers, Some(10));
         for (line, expected) in [
             (
                 "scoring: knn",
@@ -1205,6 +1207,11 @@ mod tests {
             ),
             ("max_tokens: 4", "router.embedding.max_tokens: 4 is outside 8..=512"),
             ("lexical_weight: -1", "router.embedding.lexical_weight: -1 is outside 0..=4"),
+            ("layers: 0", "router.embedding.layers: 0 layers — use e.g. 10"),
+            (
+                "model: all-MiniLM-L6-v2, layers: 4",
+                "router.embedding.layers: only the builtin multilingual-e5-small can run fewer layers",
+            ),
             (
                 "scoring: centroid, lexical_weight: 1",
                 "router.embedding.lexical_weight: the n-gram classifier is blended with `scoring: linear` only",

@@ -18,7 +18,9 @@ use crate::error::GatewayError;
 use crate::providers::{ClientCache, Provider, Target};
 
 /// Loaded local embedding models by (model, directory, max tokens).
-type EmbedderCache = HashMap<(String, std::path::PathBuf, usize), Arc<dyn crate::route::embed::Embedder>>;
+/// Local embedders by (model, directory, max_tokens, layers).
+type EmbedderCache =
+    HashMap<(String, std::path::PathBuf, usize, Option<usize>), Arc<dyn crate::route::embed::Embedder>>;
 
 /// State that outlives config snapshots: warm connection pools and deployment health.
 #[derive(Default)]
@@ -44,13 +46,14 @@ impl Shared {
         model: &str,
         dir: &std::path::Path,
         max_tokens: usize,
+        layers: Option<usize>,
     ) -> Result<Arc<dyn crate::route::embed::Embedder>, GatewayError> {
         let mut loaded = self.embedders.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (model.to_string(), dir.to_path_buf(), max_tokens);
+        let key = (model.to_string(), dir.to_path_buf(), max_tokens, layers);
         if let Some(e) = loaded.get(&key) {
             return Ok(e.clone());
         }
-        let embedder = crate::route::embed::load_local(model, dir, max_tokens)
+        let embedder = crate::route::embed::load_local(model, dir, max_tokens, layers)
             .map_err(|e| GatewayError::internal(e.to_string()))?;
         loaded.insert(key, embedder.clone());
         Ok(embedder)
@@ -132,7 +135,7 @@ impl Snapshot {
                     })?;
                     Some(crate::route::embed::remote_embedder(model.clone()))
                 } else {
-                    Some(shared.embedder(&tier.model, &tier.model_dir, tier.max_tokens)?)
+                    Some(shared.embedder(&tier.model, &tier.model_dir, tier.max_tokens, tier.layers)?)
                 };
                 let price = |name: &str| {
                     models

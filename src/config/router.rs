@@ -52,6 +52,9 @@ pub struct RawEmbeddingTier {
     pub margin: Option<f64>,
     /// Tokens of the instruction the model reads (latency grows with it). Default 48.
     pub max_tokens: Option<usize>,
+    /// Encoder layers the builtin model runs, from the first (latency and memory traffic shrink
+    /// with it; the vector is pooled after layer `layers / 2` and the last one run). Default: all 12.
+    pub layers: Option<usize>,
     /// `linear` only: how much a classifier over the examples' character n-grams counts next to
     /// the embedding classifier (its probabilities' exponent in their product). Default 1; 0
     /// judges by embeddings alone.
@@ -131,6 +134,8 @@ pub struct EmbeddingTier {
     pub model_dir: PathBuf,
     pub scoring: Scoring,
     pub max_tokens: usize,
+    /// Encoder layers the local model runs (`None`: all of them).
+    pub layers: Option<usize>,
     pub min_score: f64,
     pub margin: f64,
     /// `linear` only: the exponent of the character n-gram classifier's probabilities in the
@@ -282,6 +287,17 @@ pub(crate) fn validate(
     {
         problems.push("router.embedding.max_tokens", format!("{n} is outside 8..=512"), "use e.g. 48");
     }
+    if let Some(n) = embedding.layers {
+        if n == 0 {
+            problems.push("router.embedding.layers", "0 layers", "use e.g. 10, or remove it to run all of them");
+        } else if embedding_model != LOCAL_EMBEDDING_MODELS[0] {
+            problems.push(
+                "router.embedding.layers",
+                format!("only the builtin {} can run fewer layers", LOCAL_EMBEDDING_MODELS[0]),
+                "remove layers",
+            );
+        }
+    }
     let lexical_weight = match embedding.lexical_weight {
         Some(w) if !(0.0..=4.0).contains(&w) => {
             problems.push(
@@ -323,6 +339,7 @@ pub(crate) fn validate(
             remote,
             scoring,
             max_tokens: embedding.max_tokens.unwrap_or(48),
+            layers: embedding.layers,
             min_score: embedding.min_score.unwrap_or(default_min),
             margin: embedding.margin.unwrap_or(default_margin),
             lexical_weight,

@@ -109,6 +109,10 @@ pub enum EmbedError {
     Remote { model: String, message: String },
     #[error("max_tokens must be between 3 and {limit} for this model, got {got}")]
     MaxTokens { got: usize, limit: usize },
+    #[error("layers must be between 1 and {depth} for {model}, got {got}")]
+    Layers { model: String, got: usize, depth: usize },
+    #[error("{model} always runs all its layers: remove `layers`")]
+    FixedDepth { model: String },
     #[error("{}: not a static embedding table: {problem} — rebuild it with `distill_to`", path.display())]
     BadTable { path: PathBuf, problem: String },
     #[error(
@@ -359,23 +363,32 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
 /// every token costs inference time on the request path.
 pub const ROUTER_MAX_TOKENS: usize = 64;
 
-/// Loads one of the router's local models (`multilingual-e5-small` or `all-MiniLM-L6-v2`) from `dir`.
-/// Each text is cut to `max_tokens` tokens.
 /// A configured embeddings model as the router's embedder, memoized in memory (examples are not
 /// re-sent while the config stays; prompts repeat often).
 pub fn remote_embedder(model: std::sync::Arc<crate::engine::Model>) -> std::sync::Arc<dyn Embedder> {
     std::sync::Arc::new(cache::Memoized::new(std::sync::Arc::new(remote::RemoteEmbedder::new(model)), None))
 }
 
-pub fn load_local(model: &str, dir: &Path, max_tokens: usize) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
-    let inner: std::sync::Arc<dyn Embedder> = match model {
-        E5_NAME => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),
-        _ => std::sync::Arc::new(MiniLm::load_with(dir, max_tokens)?),
+/// Loads one of the router's local models (`multilingual-e5-small` or `all-MiniLM-L6-v2`) from `dir`.
+/// Each text is cut to `max_tokens` tokens; `layers` (e5 only) runs that many encoder layers.
+pub fn load_local(
+    model: &str,
+    dir: &Path,
+    max_tokens: usize,
+    layers: Option<usize>,
+) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
+    let inner: std::sync::Arc<dyn Embedder> = match (model, layers) {
+        (E5_NAME, None) => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),
+        (E5_NAME, Some(layers)) => std::sync::Arc::new(E5Small::load(dir, max_tokens)?.keep_layers(layers)?),
+        (_, None) => std::sync::Arc::new(MiniLm::load_with(dir, max_tokens)?),
+        (_, Some(_)) => return Err(EmbedError::FixedDepth { model: model.into() }),
     };
     // One pass now, so the first routed request does not pay for what only the first pass in the
     // process does (CPU kernel detection, the AMX tile grant, first touches of the weights): it
     // took ~5× a normal request. Per-thread buffers still start empty on each new thread.
     inner.embed(&["warm-up"])?;
-    let store = dir.join(format!("example-vectors-{max_tokens}.cache"));
+    // Vectors depend on the cut and the depth, so each pair has its own file.
+    let depth = layers.map(|n| format!("-{n}-layers")).unwrap_or_default();
+    let store = dir.join(format!("example-vectors-{max_tokens}{depth}.cache"));
     Ok(std::sync::Arc::new(cache::Memoized::new(inner, Some(store))))
 }

@@ -73,6 +73,17 @@ impl E5Small {
         self.max_tokens
     }
 
+    /// Runs only the first `layers` encoder layers (pooling after layer `layers / 2` and the last
+    /// one run). On the router's dev sets 10 of 12 judged as well as all 12 (BENCHMARKS.md).
+    pub fn keep_layers(mut self, layers: usize) -> Result<Self, EmbedError> {
+        let depth = self.encoder.depth();
+        if !(1..=depth).contains(&layers) {
+            return Err(EmbedError::Layers { model: E5_NAME.into(), got: layers, depth });
+        }
+        self.encoder.truncate(layers);
+        Ok(self)
+    }
+
     /// The model without its word table, and where that table starts in `bytes`.
     fn parse(bytes: &[u8], max_tokens: usize) -> Result<(Self, usize), String> {
         let mut r = Reader { bytes, at: 0 };

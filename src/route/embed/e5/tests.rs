@@ -162,3 +162,26 @@ fn missing_truncated_or_foreign_files_say_what_to_do() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn fewer_layers_give_another_vector_that_still_ranks_requests() {
+    let (Some(full), Some(dir)) = (e5(), model_dir()) else { return };
+    for bad in [0, 13] {
+        let err = E5Small::load(&dir, 64).expect("loads").keep_layers(bad).err().expect("refused");
+        assert_eq!(err.to_string(), format!("layers must be between 1 and 12 for {E5_NAME}, got {bad}"));
+    }
+    let all = E5Small::load(&dir, 64).expect("loads").keep_layers(12).expect("12 of 12");
+    let text = "Écris une fonction qui trie une liste";
+    assert_eq!(all.embed(&[text]).expect("embeds"), full.embed(&[text]).expect("embeds"));
+    let ten = E5Small::load(&dir, 64).expect("loads").keep_layers(10).expect("10 of 12");
+    let v = ten.embed(&["Write a function that sorts a list", text, "Tell me a joke about cats"]).expect("embeds");
+    let full_vector = full.embed(&[text]).expect("embeds").remove(0);
+    // Both parts move: the middle mean is now after layer 5, the last after layer 10. (Each part
+    // has length 1/√2, hence the 2.)
+    for part in [0..ten.hidden, ten.hidden..2 * ten.hidden] {
+        let similarity = 2.0 * super::super::cosine(&v[1][part.clone()], &full_vector[part]);
+        assert!(similarity < 0.999, "a part did not change: cosine {similarity}");
+    }
+    let (same, other) = (super::super::cosine(&v[0], &v[1]), super::super::cosine(&v[0], &v[2]));
+    assert!(same > other + 0.05, "en/fr {same} vs joke {other}");
+}
