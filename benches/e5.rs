@@ -63,11 +63,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
 /// The model cut to `tokens`, running `E5_BENCH_LAYERS` layers if set.
 fn load(dir: &Path, tokens: usize) -> Result<E5Small, Box<dyn std::error::Error>> {
-    let model = E5Small::load(dir, tokens)?;
-    Ok(match std::env::var("E5_BENCH_LAYERS").ok().and_then(|v| v.parse().ok()) {
-        Some(layers) => model.keep_layers(layers)?,
-        None => model,
-    })
+    let layers = std::env::var("E5_BENCH_LAYERS").ok().and_then(|v| v.parse().ok());
+    Ok(E5Small::load_layers(dir, tokens, layers)?)
 }
 
 /// The n-gram classifier is trained at every config load (beside the embedding softmax) and asked

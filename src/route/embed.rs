@@ -378,8 +378,7 @@ pub fn load_local(
     layers: Option<usize>,
 ) -> Result<std::sync::Arc<dyn Embedder>, EmbedError> {
     let inner: std::sync::Arc<dyn Embedder> = match (model, layers) {
-        (E5_NAME, None) => std::sync::Arc::new(E5Small::load(dir, max_tokens)?),
-        (E5_NAME, Some(layers)) => std::sync::Arc::new(E5Small::load(dir, max_tokens)?.keep_layers(layers)?),
+        (E5_NAME, _) => std::sync::Arc::new(E5Small::load_layers(dir, max_tokens, layers)?),
         (_, None) => std::sync::Arc::new(MiniLm::load_with(dir, max_tokens)?),
         (_, Some(_)) => return Err(EmbedError::FixedDepth { model: model.into() }),
     };

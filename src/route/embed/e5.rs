@@ -53,13 +53,23 @@ pub struct E5Small {
 impl E5Small {
     /// Loads `dir/e5-small-q4.bin`, judging at most `max_tokens` tokens per text (incl. `<s>`/`</s>`).
     pub fn load(dir: &Path, max_tokens: usize) -> Result<Self, EmbedError> {
+        Self::load_layers(dir, max_tokens, None)
+    }
+
+    /// Like `load`, running only the first `layers` encoder layers (the others are never built);
+    /// the vector is then pooled after layer `layers / 2` and the last one run. On the router's dev
+    /// sets 10 of 12 judged as well as all 12 (BENCHMARKS.md).
+    pub fn load_layers(dir: &Path, max_tokens: usize, layers: Option<usize>) -> Result<Self, EmbedError> {
         let path = dir.join(E5_MODEL_FILE);
         if !path.is_file() {
             return Err(EmbedError::ModelMissing { dir: dir.to_path_buf(), missing: E5_MODEL_FILE.into() });
         }
         let bytes = super::read(&path)?;
-        let (mut model, word_at) = Self::parse(&bytes, max_tokens)
+        let (mut model, word_at, depth) = Self::parse(&bytes, max_tokens, layers)
             .map_err(|message| EmbedError::BadModelFile { path: path.clone(), message })?;
+        if let Some(got) = layers.filter(|n| !(1..=depth).contains(n)) {
+            return Err(EmbedError::Layers { model: E5_NAME.into(), got, depth });
+        }
         if !(3..=model.max_positions).contains(&max_tokens) {
             return Err(EmbedError::MaxTokens { got: max_tokens, limit: model.max_positions });
         }
@@ -73,19 +83,9 @@ impl E5Small {
         self.max_tokens
     }
 
-    /// Runs only the first `layers` encoder layers (pooling after layer `layers / 2` and the last
-    /// one run). On the router's dev sets 10 of 12 judged as well as all 12 (BENCHMARKS.md).
-    pub fn keep_layers(mut self, layers: usize) -> Result<Self, EmbedError> {
-        let depth = self.encoder.depth();
-        if !(1..=depth).contains(&layers) {
-            return Err(EmbedError::Layers { model: E5_NAME.into(), got: layers, depth });
-        }
-        self.encoder.truncate(layers);
-        Ok(self)
-    }
-
-    /// The model without its word table, and where that table starts in `bytes`.
-    fn parse(bytes: &[u8], max_tokens: usize) -> Result<(Self, usize), String> {
+    /// The model without its word table (and with at most `layers_wanted` layers), where that table
+    /// starts in `bytes`, and how many layers the file has.
+    fn parse(bytes: &[u8], max_tokens: usize, layers_wanted: Option<usize>) -> Result<(Self, usize, usize), String> {
         let mut r = Reader { bytes, at: 0 };
         if r.take(4)? != b"E5S1" {
             return Err("not an E5S1 model image (bad magic)".into());
@@ -137,8 +137,9 @@ impl E5Small {
         let norm = |name: &str| -> Result<Norm, String> {
             Ok(Norm { weight: f32s(&format!("{name}.w"), hidden)?, bias: f32s(&format!("{name}.b"), hidden)? })
         };
-        let mut encoder_layers = Vec::with_capacity(layers);
-        for layer in 0..layers {
+        let built = layers_wanted.map_or(layers, |n| n.min(layers));
+        let mut encoder_layers = Vec::with_capacity(built);
+        for layer in 0..built {
             let at = |part: &str| format!("l{layer}.{part}");
             let linear = |part: &str, rows: usize, cols: usize| {
                 QuantLinear::new(
@@ -184,7 +185,7 @@ impl E5Small {
             max_positions,
             max_tokens,
         };
-        Ok((model, word_at))
+        Ok((model, word_at, layers))
     }
 
     /// Token ids the model sees for `text`: `<s>`, the prefixed text's pieces (capped), `</s>`.

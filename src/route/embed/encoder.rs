@@ -56,15 +56,6 @@ impl Encoder {
         Ok(Self { layers, heads, hidden, eps })
     }
 
-    pub fn depth(&self) -> usize {
-        self.layers.len()
-    }
-
-    /// Keeps the first `layers` layers (the pass then pools after layer `layers / 2` and the last).
-    pub fn truncate(&mut self, layers: usize) {
-        self.layers.truncate(layers);
-    }
-
     /// Runs the layers over `x` (`tokens × hidden` embeddings, already normalised), the tokens of
     /// texts of `lengths` tokens laid end to end, and returns for each text the means of its token
     /// vectors after the middle layer and after the last, one after the other (`2 × hidden`, not

@@ -167,13 +167,13 @@ fn missing_truncated_or_foreign_files_say_what_to_do() {
 fn fewer_layers_give_another_vector_that_still_ranks_requests() {
     let (Some(full), Some(dir)) = (e5(), model_dir()) else { return };
     for bad in [0, 13] {
-        let err = E5Small::load(&dir, 64).expect("loads").keep_layers(bad).err().expect("refused");
+        let err = E5Small::load_layers(&dir, 64, Some(bad)).err().expect("refused");
         assert_eq!(err.to_string(), format!("layers must be between 1 and 12 for {E5_NAME}, got {bad}"));
     }
-    let all = E5Small::load(&dir, 64).expect("loads").keep_layers(12).expect("12 of 12");
+    let all = E5Small::load_layers(&dir, 64, Some(12)).expect("12 of 12");
     let text = "Écris une fonction qui trie une liste";
     assert_eq!(all.embed(&[text]).expect("embeds"), full.embed(&[text]).expect("embeds"));
-    let ten = E5Small::load(&dir, 64).expect("loads").keep_layers(10).expect("10 of 12");
+    let ten = E5Small::load_layers(&dir, 64, Some(10)).expect("10 of 12");
     let v = ten.embed(&["Write a function that sorts a list", text, "Tell me a joke about cats"]).expect("embeds");
     let full_vector = full.embed(&[text]).expect("embeds").remove(0);
     // Both parts move: the middle mean is now after layer 5, the last after layer 10. (Each part
