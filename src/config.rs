@@ -1207,7 +1207,8 @@ mod tests {
             ),
             ("max_tokens: 4", "router.embedding.max_tokens: 4 is outside 8..=512"),
             ("lexical_weight: -1", "router.embedding.lexical_weight: -1 is outside 0..=4"),
-            ("layers: 0", "router.embedding.layers: 0 layers — use e.g. 10"),
+            ("layers: 0", "router.embedding.layers: 0 is outside 1..=12 (the builtin model's layers) — use e.g. 10"),
+            ("layers: 13", "router.embedding.layers: 13 is outside 1..=12"),
             (
                 "model: all-MiniLM-L6-v2, layers: 4",
                 "router.embedding.layers: only the builtin multilingual-e5-small can run fewer layers",

@@ -17,8 +17,7 @@ use crate::config::{Config, ModelConfig};
 use crate::error::GatewayError;
 use crate::providers::{ClientCache, Provider, Target};
 
-/// Loaded local embedding models by (model, directory, max tokens).
-/// Local embedders by (model, directory, max_tokens, layers).
+/// Loaded local embedding models by (model, directory, max tokens, layers).
 type EmbedderCache =
     HashMap<(String, std::path::PathBuf, usize, Option<usize>), Arc<dyn crate::route::embed::Embedder>>;
 

@@ -145,6 +145,8 @@ pub struct EmbeddingTier {
 
 /// The local embedding models the router can run.
 pub const LOCAL_EMBEDDING_MODELS: [&str; 2] = ["multilingual-e5-small", "all-MiniLM-L6-v2"];
+/// Encoder layers of the builtin model (`router.embedding.layers` may run fewer).
+const E5_DEPTH: usize = 12;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scoring {
@@ -288,8 +290,12 @@ pub(crate) fn validate(
         problems.push("router.embedding.max_tokens", format!("{n} is outside 8..=512"), "use e.g. 48");
     }
     if let Some(n) = embedding.layers {
-        if n == 0 {
-            problems.push("router.embedding.layers", "0 layers", "use e.g. 10, or remove it to run all of them");
+        if !(1..=E5_DEPTH).contains(&n) {
+            problems.push(
+                "router.embedding.layers",
+                format!("{n} is outside 1..={E5_DEPTH} (the builtin model's layers)"),
+                "use e.g. 10, or remove it to run all of them",
+            );
         } else if embedding_model != LOCAL_EMBEDDING_MODELS[0] {
             problems.push(
                 "router.embedding.layers",
