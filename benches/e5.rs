@@ -50,7 +50,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             times.push(started.elapsed());
         }
         times.sort();
-        let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e3;
+        let pct = |p: f64| common::percentile(&times, p).as_secs_f64() * 1e3;
         println!("| {tokens} | {n} | {:.2} ms | {:.2} ms |", pct(0.5), pct(0.99));
     }
     if only.is_none() {
@@ -97,7 +97,7 @@ fn char_ngrams() -> Result<(), String> {
             times.push(started.elapsed());
         }
         times.sort();
-        let pct = |p: f64| times[((n as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e6;
+        let pct = |p: f64| common::percentile(&times, p).as_secs_f64() * 1e6;
         println!("| {name} | {n} | {:.0} µs | {:.0} µs |", pct(0.5), pct(0.99));
     }
     Ok(())
@@ -127,13 +127,12 @@ fn router_instructions(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
-    let pct = |times: &mut Vec<Duration>, p: f64| {
-        times.sort();
-        times[((times.len() as f64 * p).ceil() as usize).saturating_sub(1)].as_secs_f64() * 1e3
-    };
+    let pct = |times: &[Duration], p: f64| common::percentile(times, p).as_secs_f64() * 1e3;
     let [mut warm, mut idle] = times;
     for (bucket, warm) in &mut warm {
         let idle = idle.get_mut(bucket).ok_or("bucket missing")?;
+        warm.sort();
+        idle.sort();
         println!(
             "| {}–{bucket} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms |",
             bucket - 15,

@@ -104,7 +104,7 @@ fn bench_row(embedder: &dyn Embedder, label: &str, text: &str, n: usize) -> Resu
         times.push(started.elapsed());
     }
     times.sort();
-    let pct = |p: f64| times.get(((n as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default();
+    let pct = |p: f64| common::percentile(&times, p);
     let tokens = token_count(embedder, text)?;
     println!("| {} | {label} | {tokens} | {n} | {} | {} |", embedder.name(), fmt(pct(0.5)), fmt(pct(0.99)));
     Ok(())

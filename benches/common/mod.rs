@@ -13,6 +13,11 @@ pub fn main_with<E: std::fmt::Display>(name: &str, run: impl FnOnce() -> Result<
     }
 }
 
+/// The `p` quantile (0..=1) of `sorted` by nearest rank; zero when empty.
+pub fn percentile(sorted: &[std::time::Duration], p: f64) -> std::time::Duration {
+    sorted.get(((sorted.len() as f64 * p).ceil() as usize).saturating_sub(1)).copied().unwrap_or_default()
+}
+
 /// The 1, 5 and 15-minute load averages.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").unwrap_or_default().split(' ').take(3).collect::<Vec<_>>().join(" ")
